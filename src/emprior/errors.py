@@ -1,0 +1,21 @@
+"""Exceptions whose message is a single line that names the file, field or value at fault."""
+
+
+class EmpriorError(Exception):
+    """Base class: the CLI prints ``error: <message>`` (one line) and exits with status 2."""
+
+
+class ConfigError(EmpriorError):
+    """A config key is unknown, mistyped, of the wrong type or out of range."""
+
+
+class ArtifactError(EmpriorError):
+    """An artifact is missing, truncated, tampered with or of the wrong shape."""
+
+
+class DataError(EmpriorError):
+    """A dataset or weights file is missing or malformed."""
+
+
+class NumericalError(EmpriorError):
+    """NaN/Inf appeared in sampling or training."""

@@ -1,0 +1,69 @@
+"""Provenance attached to every artifact: config digest, seed, package versions, git commit."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import emprior
+
+
+def config_digest(config: Any) -> str:
+    """sha256 of the canonical JSON of a config (sorted keys), so equal configs share a digest."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=10,
+        )
+        if commit != "unknown" and dirty.returncode == 0 and dirty.stdout.strip():
+            commit += "-dirty"
+        return commit
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    versions = {"python": platform.python_version(), "emprior": emprior.__version__,
+                "torch": torch.__version__, "numpy": numpy.__version__}
+    for name in ("h5py", "snakemake", "ot", "skimage", "sklearn"):
+        try:
+            module = __import__(name)
+            versions[name] = getattr(module, "__version__", "unknown")
+        except Exception:  # noqa: BLE001 - optional packages only add information
+            pass
+    return versions
+
+
+def make_provenance(config: Any = None, seed: int | None = None, rule: str | None = None,
+                    **extra: Any) -> dict[str, Any]:
+    """The provenance record. Deterministic for a given code state (no timestamps), so that
+    artifacts of the same config and seed are bit-identical."""
+    prov: dict[str, Any] = {
+        "config_digest": config_digest(config) if config is not None else None,
+        "seed": seed,
+        "rule": rule,
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+    }
+    prov.update(extra)
+    return prov
