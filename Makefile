@@ -1,0 +1,35 @@
+# Two commands for a fresh machine (see README):
+#   make run    create .venv, install, run the CPU preset end to end (snakemake -c all all)
+#   make test   create .venv, install, run the test suite
+# Others: make slurm-test (local single-node SLURM cluster, needs root + apt), make bench, make dry-paper
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test slurm-test bench dry-paper clean-results
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake -c all all
+
+test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+slurm-test: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash .ci/slurm-test.sh
+
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m benchmark -p no:cacheprovider -o addopts="" benchmarks
+
+dry-paper: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile slurm -n all
+
+clean-results:
+	rm -rf results/*/ results/.config

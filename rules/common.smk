@@ -1,0 +1,96 @@
+# Shared helpers for the rules: config validation, per-job config files, paths and input functions.
+
+import json
+import sys
+from pathlib import Path
+
+from emprior.config import job_config, validate_config
+from emprior.errors import ConfigError
+from emprior.provenance import config_digest
+
+try:
+    validate_config(config, source="config")
+except ConfigError as exc:
+    sys.exit(f"error: {exc}")
+
+R = config["results"]
+PY = "python -m emprior"
+# conda env for --software-deployment-method conda (paths in rules are relative to rules/)
+ENV = "../envs/emprior.yaml"
+
+
+wildcard_constraints:
+    experiment="[a-z][a-z0-9_]*",
+    variant="[a-z][a-z0-9_]*",
+    k="[0-9]{3}",
+    shard="[0-9]+",
+
+
+def _dump(cfg):
+    """Write a job's config subset to R/.config/<digest>.json (content-addressed, written once)."""
+    path = Path(R) / ".config" / f"{config_digest(cfg)[:16]}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{__import__('os').getpid()}.tmp")
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        tmp.replace(path)
+    return str(path)
+
+
+def cfg_data(wc):
+    """Config of the data rules: only the dataset and observation sections matter."""
+    exp = config["experiments"][wc.experiment]
+    keep = {"seed": config["seed"], "results": R, "torch_threads": config.get("torch_threads", 1),
+            "experiments": {wc.experiment: {"dataset": exp["dataset"], "observation": exp["observation"]}}}
+    return _dump(keep)
+
+
+def cfg_em(wc):
+    """Config of the EM rules of one variant (evaluation settings excluded)."""
+    return _dump(job_config(config, wc.experiment, wc.variant, drop=("evaluate",)))
+
+
+def cfg_eval(wc):
+    return _dump(job_config(config, wc.experiment, wc.variant))
+
+
+def cfg_global(wc=None):
+    return _dump(job_config(config))
+
+
+def exp_cfg(wc):
+    return config["experiments"][wc.experiment]
+
+
+def n_iterations(experiment):
+    return config["experiments"][experiment]["iterations"]
+
+
+def n_shards(experiment):
+    return config["experiments"][experiment]["estep"]["shards"]
+
+
+def itdir(experiment, variant, k):
+    return f"{R}/{experiment}/{variant}/iter_{int(k):03d}"
+
+
+def variants_of(experiment):
+    return list(config["experiments"][experiment]["variants"])
+
+
+def final_metrics(experiment):
+    return [f"{itdir(experiment, v, n_iterations(experiment))}/metrics.json" for v in variants_of(experiment)]
+
+
+def all_iteration_metrics(experiment):
+    return [f"{itdir(experiment, v, k)}/metrics.json"
+            for v in variants_of(experiment) for k in range(n_iterations(experiment) + 1)]
+
+
+def all_targets():
+    targets = []
+    for name in config["experiments"]:
+        targets += all_iteration_metrics(name)
+        targets.append(f"{R}/figures/{name}_metrics.png")
+    targets += report_targets()
+    return targets

@@ -1,0 +1,60 @@
+# Per-iteration evaluation: unconditional prior samples and the audit record metrics.json.
+
+
+def metrics_inputs(wc):
+    d = itdir(wc.experiment, wc.variant, wc.k)
+    inputs = {
+        "model": f"{d}/model.pt",
+        "samples": f"{d}/prior_samples.h5",
+        "clean": f"{R}/{wc.experiment}/data/clean.h5",
+        "observations": f"{R}/{wc.experiment}/data/observations.h5",
+    }
+    if int(wc.k) >= 1:
+        inputs["posterior"] = f"{d}/posterior.h5"
+    return inputs
+
+
+rule prior_samples:
+    input:
+        model=f"{R}/{{experiment}}/{{variant}}/iter_{{k}}/model.pt",
+    output:
+        f"{R}/{{experiment}}/{{variant}}/iter_{{k}}/prior_samples.h5",
+    params:
+        cfg=cfg_eval,
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/{{experiment}}/{{variant}}/iter_{{k}}/prior_samples.log",
+    benchmark:
+        f"{R}/benchmarks/{{experiment}}/{{variant}}/iter_{{k}}/prior_samples.tsv"
+    shell:
+        "{PY} prior-samples --config {params.cfg} --experiment {wildcards.experiment}"
+        " --variant {wildcards.variant} --iteration {wildcards.k} --model {input.model} --out {output}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule iteration_metrics:
+    input:
+        unpack(metrics_inputs),
+    output:
+        f"{R}/{{experiment}}/{{variant}}/iter_{{k}}/metrics.json",
+    params:
+        cfg=cfg_eval,
+        posterior=lambda wc, input: f"--posterior {input.posterior}" if "posterior" in input.keys() else "",
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/{{experiment}}/{{variant}}/iter_{{k}}/iteration_metrics.log",
+    shell:
+        "{PY} metrics --config {params.cfg} --experiment {wildcards.experiment} --variant {wildcards.variant}"
+        " --iteration {wildcards.k} --model {input.model} --samples {input.samples} --clean {input.clean}"
+        " --observations {input.observations} {params.posterior} --out {output}"
+        " --threads {threads} > {log} 2>&1"

@@ -1,0 +1,94 @@
+"""``python -m emprior audit RESULTS_DIR``: one row per EM iteration from its metrics.json, with
+anomalies flagged: NaN/Inf anywhere, a residual blow-up in the E-step, solver breakdowns, missing or
+tampered artifacts, missing shard files."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from emprior.artifacts import verify
+from emprior.errors import ArtifactError
+
+ITER = re.compile(r"iter_(\d{3})$")
+
+
+def _has_nonfinite(obj: Any) -> bool:
+    if isinstance(obj, dict):
+        return any(_has_nonfinite(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_has_nonfinite(v) for v in obj)
+    return isinstance(obj, float) and not math.isfinite(obj)
+
+
+def audit_rows(results: str | Path, residual_blowup: float = 10.0) -> pd.DataFrame:
+    results = Path(results)
+    rows = []
+    for it_dir in sorted(p for p in results.glob("*/*/iter_*") if ITER.search(p.name)):
+        experiment, variant = it_dir.parent.parent.name, it_dir.parent.name
+        k = int(ITER.search(it_dir.name).group(1))
+        flags: list[str] = []
+        row: dict[str, Any] = {"experiment": experiment, "variant": variant, "iteration": k}
+        for name in ["model.pt", "prior_samples.h5", "metrics.json"] + (["posterior.h5"] if k else []):
+            path = it_dir / name
+            if not path.exists():
+                flags.append(f"missing {name}")
+                continue
+            try:
+                verify(path)
+            except ArtifactError as exc:
+                flags.append(f"bad {name}: {exc}")
+        if k:
+            shard_dir = it_dir / "posterior"
+            shards = sorted(shard_dir.glob("shard_*.h5")) if shard_dir.exists() else []
+            m = it_dir / "metrics.json"
+            expected = None
+            if m.exists():
+                try:
+                    expected = len(json.loads(m.read_text()).get("estep", {}).get("shards", []))
+                except json.JSONDecodeError:
+                    pass
+            if expected is not None and len(shards) < expected:
+                flags.append(f"missing shard ({len(shards)}/{expected} on disk)")
+        metrics_path = it_dir / "metrics.json"
+        if metrics_path.exists():
+            try:
+                rec = json.loads(metrics_path.read_text())
+            except json.JSONDecodeError:
+                rec = {}
+                flags.append("metrics.json unreadable")
+            q = rec.get("quality", {})
+            e = rec.get("estep", {})
+            ms = rec.get("mstep", {})
+            row.update({
+                "sinkhorn": q.get("sinkhorn"), "fid": q.get("fid"),
+                "residual_ratio": e.get("residual_ratio_mean"),
+                "solver_breakdowns": (e.get("solver") or {}).get("breakdowns"),
+                "loss_last": (ms.get("loss") or {}).get("last"),
+                "seconds": (e.get("seconds") or 0) + (ms.get("seconds") or 0) or None,
+            })
+            if _has_nonfinite(rec) or rec.get("prior_samples", {}).get("finite") is False \
+                    or e.get("finite") is False or (q and q.get("sinkhorn") is None and "error" in q):
+                flags.append("NaN/Inf")
+            ratio = e.get("residual_ratio_mean")
+            if ratio is not None and ratio > residual_blowup:
+                flags.append(f"residual blow-up ({ratio:.3g} > {residual_blowup:g})")
+            if (e.get("solver") or {}).get("breakdowns"):
+                flags.append(f"{int(e['solver']['breakdowns'])} solver breakdowns")
+        row["flags"] = "; ".join(flags) or "ok"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def audit(results: str | Path) -> tuple[str, int]:
+    df = audit_rows(results)
+    if df.empty:
+        return f"no iterations found under {results}", 1
+    text = df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    bad = int((df["flags"] != "ok").sum())
+    return text + f"\n{len(df)} iterations, {bad} flagged", (1 if bad else 0)

@@ -1,0 +1,199 @@
+"""One function per Snakemake rule: read the rule's inputs, call the science, write its outputs
+atomically with provenance. ``emprior.cli`` maps ``python -m emprior COMMAND`` onto these."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emprior import config as cfgmod
+from emprior.artifacts import load_h5, save_h5, save_torch, verify
+from emprior.errors import ArtifactError
+from emprior.log import get_logger
+from emprior.provenance import make_provenance
+from emprior.rng import derive_seed, torch_generator
+
+log = get_logger("emprior.steps")
+
+
+def _prov(config: dict[str, Any], rule: str, seed: int | None = None, **extra: Any) -> dict[str, Any]:
+    return make_provenance(config, seed if seed is not None else config.get("seed"), rule, **extra)
+
+
+def dataset(config: dict[str, Any], experiment: str, out: str) -> None:
+    from emprior.data import load_dataset
+    from emprior.observations import save_clean
+
+    exp = cfgmod.experiment(config, experiment)
+    seed = derive_seed(config["seed"], experiment, "dataset")
+    x = load_dataset(exp["dataset"], seed)
+    log.info("dataset %s: %d latents of shape %s", experiment, len(x), tuple(x.shape[1:]))
+    save_clean(out, x, exp["dataset"], _prov(config, "dataset", seed))
+
+
+def observe(config: dict[str, Any], experiment: str, clean: str, out: str) -> None:
+    from emprior.observations import corrupt, load_clean, save_observations
+
+    exp = cfgmod.experiment(config, experiment)
+    x = load_clean(clean)
+    obs = corrupt(x, exp["observation"], config["seed"], experiment)
+    log.info("observe %s: %d observations y of shape %s, noise std %g", experiment, len(obs),
+             tuple(obs.y.shape[1:]), obs.noise_std)
+    save_observations(out, obs, _prov(config, "observe"))
+
+
+def init_prior(config: dict[str, Any], experiment: str, variant: str, observations: str, out: str) -> None:
+    from emprior.gaussian_em import fit_gaussian_em
+    from emprior.models import gaussian_checkpoint
+    from emprior.observations import load_observations
+
+    exp = cfgmod.experiment(config, experiment)
+    obs = load_observations(observations)
+    init = exp["init"]
+    start = time.perf_counter()
+    result = fit_gaussian_em(obs.op, obs.y, obs.x_shape, obs.noise_std, init["iterations"], rank=init.get("rank"),
+                             dense_max=init.get("dense_max", 4096))
+    ckpt = gaussian_checkpoint(result, obs.x_shape)
+    ckpt["seconds"] = time.perf_counter() - start
+    log.info("gaussian EM: log evidence per observation %s", [round(v, 2) for v in result.log_evidence])
+    save_torch(out, ckpt, _prov(config, "init_prior", experiment=experiment, variant=variant, iteration=0))
+
+
+def estep(config: dict[str, Any], experiment: str, variant: str, iteration: int, shard: int, model: str,
+          observations: str, out: str) -> None:
+    from emprior.em import make_method, run_estep, shard_blocks
+    from emprior.models import load_prior
+    from emprior.observations import load_observations
+
+    exp = cfgmod.experiment(config, experiment)
+    var = cfgmod.variant(config, experiment, variant)
+    obs = load_observations(observations)
+    prior = load_prior(model)
+    if tuple(prior.x_shape) != tuple(obs.x_shape):
+        raise ArtifactError(f"{model}: prior of shape {prior.x_shape} does not match observations {obs.x_shape}")
+    est = exp["estep"]
+    blocks = shard_blocks(len(obs), est["block_size"], est["shards"], shard)
+    res = run_estep(prior, make_method(var), obs, exp, config["seed"], experiment, variant, iteration, blocks)
+    save_h5(out, {"x": res["x"], "index": res["index"], "residual_ratio": res["residual_ratio"]},
+            attrs={"blocks": res["blocks"], "block_seeds": [str(s) for s in res["block_seeds"]],
+                   "solver": res["solver"], "seconds": res["seconds"], "shard": shard,
+                   "shards": est["shards"], "iteration": iteration},
+            provenance=_prov(config, "estep_shard", experiment=experiment, variant=variant,
+                             iteration=iteration, shard=shard))
+
+
+def gather(config: dict[str, Any], experiment: str, variant: str, iteration: int, shards: list[str],
+           out: str) -> None:
+    xs, idx, ratios, info = [], [], [], []
+    for path in shards:
+        data, attrs = load_h5(path, rule="estep_shard")
+        xs.append(data["x"])
+        idx.append(data["index"])
+        ratios.append(data["residual_ratio"])
+        info.append({"file": Path(path).name, "sha256": verify(path)["sha256"], "blocks": attrs["blocks"],
+                     "block_seeds": attrs["block_seeds"], "solver": attrs["solver"], "seconds": attrs["seconds"]})
+    index = np.concatenate(idx)
+    order = np.argsort(index, kind="stable")
+    if len(np.unique(index)) != len(index):
+        raise ArtifactError(f"{out}: shards overlap (duplicate observation indices)")
+    x = np.concatenate(xs)[order]
+    if not np.isfinite(x).all():
+        raise ArtifactError(f"{out}: non-finite posterior samples in shards")
+    save_h5(out, {"x": x, "index": index[order], "residual_ratio": np.concatenate(ratios)[order]},
+            attrs={"shards": info, "iteration": iteration},
+            provenance=_prov(config, "gather_posterior", experiment=experiment, variant=variant,
+                             iteration=iteration))
+
+
+def mstep(config: dict[str, Any], experiment: str, variant: str, iteration: int, posterior: str,
+          previous: str | None, out: str) -> None:
+    from emprior.diffusion import Schedule
+    from emprior.models import load_prior
+    from emprior.nets import build_denoiser
+    from emprior.training import train_denoiser
+
+    exp = cfgmod.experiment(config, experiment)
+    data, _ = load_h5(posterior, rule="gather_posterior")
+    x = torch.as_tensor(data["x"], dtype=torch.float32)
+    x_shape = tuple(x.shape[1:])
+    torch.manual_seed(derive_seed(config["seed"], experiment, variant, "net_init"))
+    net = build_denoiser(dict(exp["denoiser"]), x_shape)
+    if previous:
+        prev = load_prior(previous, rule="mstep")
+        if prev.kind != "denoiser":
+            raise ArtifactError(f"{previous}: expected a denoiser checkpoint, got {prev.kind!r}")
+        net.load_state_dict(prev.checkpoint["raw_weights"])
+    gen = torch_generator(config["seed"], experiment, variant, iteration, "mstep")
+    schedule = Schedule(**exp["schedule"])
+    result = train_denoiser(net, x, schedule, exp["mstep"], gen, resume_path=str(out) + ".resume.pt",
+                            context=f"M-step {experiment}/{variant} iteration {iteration}")
+    raw = {k: v.clone() for k, v in net.state_dict().items()}
+    if result["ema"] is not None:
+        result["ema"].copy_to(net)
+    ckpt = {"kind": "denoiser", "x_shape": list(x_shape), "net": dict(exp["denoiser"]),
+            "schedule": dict(exp["schedule"]), "weights": net.state_dict(), "raw_weights": raw,
+            "train": {"loss": result["loss"], "steps": result["steps"], "seconds": result["seconds"],
+                      "resumed_from": result["resumed_from"]}}
+    save_torch(out, ckpt, _prov(config, "mstep", experiment=experiment, variant=variant, iteration=iteration))
+    Path(str(out) + ".resume.pt").unlink(missing_ok=True)
+    Path(str(out) + ".resume.pt.prov.json").unlink(missing_ok=True)
+
+
+def prior_samples(config: dict[str, Any], experiment: str, variant: str, iteration: int, model: str,
+                  out: str) -> None:
+    from emprior.diffusion import Schedule, sample
+    from emprior.models import load_prior
+
+    exp = cfgmod.experiment(config, experiment)
+    ev = exp["evaluate"]
+    prior = load_prior(model)
+    gen = torch_generator(config["seed"], experiment, variant, iteration, "prior_samples")
+    start = time.perf_counter()
+    if prior.kind == "gaussian":
+        x = prior.gaussian.sample(ev["n_samples"], gen)
+    else:
+        schedule = Schedule(**exp["schedule"])
+        x_T = schedule.sigma_max * torch.randn((ev["n_samples"], *prior.x_shape), generator=gen)
+        x = sample(prior.denoiser, x_T, schedule, ev["steps"], ev["sampler"], corrections=ev.get("corrections", 0),
+                   tau=ev.get("tau", 0.1), generator=gen)
+    save_h5(out, {"x": x.float()}, attrs={"iteration": iteration, "seconds": time.perf_counter() - start},
+            provenance=_prov(config, "prior_samples", experiment=experiment, variant=variant, iteration=iteration))
+
+
+def fig2(config: dict[str, Any], out_csv: str, out_png: str) -> None:
+    from emprior import fig2 as fig2mod
+
+    fig2mod.main(config["fig2"], derive_seed(config["seed"], "fig2"), out_csv, out_png, _prov(config, "fig2"))
+
+
+def table1(config: dict[str, Any], metrics: list[str], out_csv: str, out_md: str, out_tex: str) -> None:
+    from emprior.report import table1_frame, write_table
+
+    df = table1_frame(config, metrics)
+    exp = ", ".join(config.get("tables", {}).get("table1", {}).get("experiments", []))
+    write_table(df, out_csv, out_md, out_tex, _prov(config, "table1"),
+                caption=f"Table 1: final models trained on corrupted data (this run: {exp}; paper: CIFAR-10). "
+                        "Sinkhorn = debiased Sinkhorn divergence to the clean data (lower is better).")
+
+
+def figures(config: dict[str, Any], experiment: str, metrics: list[str], out: str) -> None:
+    from emprior.report import metric_curves
+
+    metric_curves(config, experiment, metrics, out, _prov(config, "figures", experiment=experiment))
+
+
+def fig3(config: dict[str, Any], experiment: str, clean: str, samples: list[str], out: str) -> None:
+    import re
+
+    from emprior.observations import load_clean
+    from emprior.report import manifold_marginals
+
+    by_iter = {}
+    for path in samples:
+        k = int(re.search(r"iter_(\d+)", str(path)).group(1))
+        by_iter[k] = load_h5(path, rule="prior_samples")[0]["x"]
+    manifold_marginals(by_iter, load_clean(clean), out, _prov(config, "fig3", experiment=experiment))

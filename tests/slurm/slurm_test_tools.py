@@ -1,0 +1,268 @@
+"""Helpers for `.ci/slurm-test.sh` (the local single-node SLURM integration test).
+
+Two sub-commands, both stdlib + PyYAML only:
+
+``make-profile``  Derive a test profile from the real one (`slurm/config.yaml`). The structure is kept
+    (which rules get GPUs, the `attempt`-scaled expressions, retries); only what a 2-core CI machine
+    cannot grant is shrunk: every ``mem_mb`` expression E becomes ``max(1, int((E) * s))`` with one
+    scale s chosen so the largest request at the last attempt fits half the node, ``cpus_per_task``
+    becomes 1, and local-cluster settings are added (partition, squeue status, short polling, kept logs).
+
+``check``  Compare what SLURM actually ran (``scontrol -o show job`` dump; the test cluster keeps
+    finished jobs for an hour via MinJobAge) against the dry-run plan and the derived profile, and print
+    one ``PASS name`` / ``FAIL name: detail`` line per check for the shell script to count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GPU_KEYS = ("gpu", "gpu_model", "gpus")
+
+
+def eval_resource(expr: Any, attempt: int) -> Any:
+    """Evaluate a profile resource value (int or Python expression of `attempt`), as snakemake does."""
+    if isinstance(expr, (int, float)):
+        return expr
+    try:
+        return eval(str(expr), {"__builtins__": {}}, {"attempt": attempt, "min": min, "max": max, "int": int})
+    except (NameError, SyntaxError):
+        return str(expr)  # plain strings such as a partition name
+
+
+def make_profile(src: Path, dst_dir: Path, node_mem_mb: int, partition: str, logdir: str) -> dict:
+    """Write the derived profile to ``dst_dir/config.yaml`` and its metadata to ``dst_dir/meta.json``."""
+    prof = yaml.safe_load(src.read_text())
+    if not isinstance(prof, dict):
+        raise SystemExit(f"make-profile: {src} is not a YAML mapping")
+    last_attempt = int(prof.get("retries", 0)) + 1
+    blocks = [prof.setdefault("default-resources", {})] + list(prof.get("set-resources", {}).values())
+    peak = max(
+        (float(eval_resource(b["mem_mb"], last_attempt)) for b in blocks if "mem_mb" in b), default=1.0
+    )
+    scale = min(1.0, (node_mem_mb // 2) / peak)
+    for b in blocks:
+        if "mem_mb" in b:
+            b["mem_mb"] = f"max(1, int(({b['mem_mb']}) * {scale!r}))"
+        if "cpus_per_task" in b:
+            b["cpus_per_task"] = 1
+        for site_key in ("slurm_partition", "slurm_account", "qos", "constraint", "gpu_model"):
+            b.pop(site_key, None)  # a real site's values mean nothing on the test cluster
+    prof["default-resources"]["slurm_partition"] = partition
+    prof.pop("configfiles", None)  # the test passes its tiny config on the command line
+    prof.update(
+        {
+            "slurm-status-command": "squeue",  # no accounting daemon, so no sacct
+            "slurm-no-account": True,
+            "slurm-init-seconds-before-status-checks": 1,
+            "seconds-between-status-checks": 2,
+            "slurm-keep-successful-logs": True,
+            "slurm-logdir": logdir,
+            "latency-wait": 5,
+        }
+    )
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    (dst_dir / "config.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
+    meta = {"scale": scale, "last_attempt": last_attempt, "node_mem_mb": node_mem_mb}
+    (dst_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def parse_plan(text: str) -> tuple[Counter, set[str]]:
+    """Jobs per rule and the set of local rules from a ``snakemake -n`` log."""
+    counts: Counter = Counter()
+    local: set[str] = set()
+    for m in re.finditer(r"^(local)?rule (\w+):\s*$", text, flags=re.M):
+        counts[m.group(2)] += 1
+        if m.group(1):
+            local.add(m.group(2))
+    return counts, local
+
+
+def parse_scontrol(text: str) -> list[dict[str, str]]:
+    """``scontrol -o show job`` (one job per line, space-separated key=value) -> list of dicts."""
+    jobs = []
+    for line in text.splitlines():
+        if not line.startswith("JobId="):
+            continue
+        rec = {}
+        for tok in line.split(" "):
+            if "=" in tok:
+                key, val = tok.split("=", 1)
+                rec.setdefault(key, val)
+        jobs.append(rec)
+    return jobs
+
+
+def mem_to_mb(val: str) -> float:
+    m = re.fullmatch(r"([\d.]+)([KMGT]?)", val)
+    if not m:
+        raise ValueError(f"unparseable memory {val!r}")
+    return float(m.group(1)) * {"K": 1 / 1024, "M": 1, "": 1, "G": 1024, "T": 1024**2}[m.group(2)]
+
+
+def time_to_min(val: str) -> float:
+    days, _, hms = val.rpartition("-")
+    parts = [int(p) for p in hms.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    return int(days or 0) * 1440 + parts[0] * 60 + parts[1] + parts[2] / 60
+
+
+def tres_gpus(tres: str) -> int:
+    m = re.search(r"gres/gpu(?::[^=,]+)?=(\d+)", tres)
+    return int(m.group(1)) if m else 0
+
+
+def check(args: argparse.Namespace) -> int:
+    results: list[tuple[bool, str, str]] = []
+
+    def record(ok: bool, name: str, detail: str = "") -> None:
+        results.append((bool(ok), name, detail))
+
+    prof = yaml.safe_load((args.profile_dir / "config.yaml").read_text())
+    meta = json.loads((args.profile_dir / "meta.json").read_text())
+    set_res: dict[str, dict] = prof.get("set-resources", {})
+    gpu_rules = {r for r, res in set_res.items() if any(k in res for k in GPU_KEYS)}
+    planned, local = parse_plan(args.plan.read_text())
+    jobs = parse_scontrol(args.jobs.read_text())
+    for j in jobs:
+        m = re.match(r"rule_(\w+?)(?:_wildcards_(.*))?$", j.get("Comment", ""))
+        j["rule"] = m.group(1) if m else "?"
+        j["wc"] = (m.group(2) or "") if m else ""
+
+    remote_planned = {r: n for r, n in planned.items() if r not in local}
+    record(sum(remote_planned.values()) > 0, "plan has cluster jobs", f"plan={dict(planned)}")
+    record(len(jobs) > 0, "sbatch jobs recorded by slurmctld", f"{len(jobs)} jobs")
+    record(all(j["rule"] != "?" for j in jobs), "every SLURM job carries a rule comment",
+           str([j.get("Comment") for j in jobs if j["rule"] == "?"]))
+    done = Counter(j["rule"] for j in jobs if j.get("JobState") == "COMPLETED")
+    record(done == Counter(remote_planned), "completed SLURM jobs per rule == planned non-local jobs",
+           f"completed={dict(done)} planned={remote_planned}")
+    submitted_local = sorted({j["rule"] for j in jobs} & local)
+    record(not submitted_local, "localrules never go through sbatch", f"submitted: {submitted_local}")
+    leftover = [j["JobId"] for j in jobs if j.get("JobState") not in ("COMPLETED", "FAILED")]
+    record(not leftover, "no job left pending/running/cancelled", str(leftover))
+
+    bad_gpu = [
+        (j["JobId"], j["rule"], j.get("TRES", ""))
+        for j in jobs
+        if (tres_gpus(j.get("TRES", "")) > 0) != (j["rule"] in gpu_rules)
+    ]
+    ran_gpu = sorted({j["rule"] for j in jobs} & gpu_rules)
+    record(not bad_gpu, f"GPU allocated exactly to GPU rules (ran: {ran_gpu})", str(bad_gpu))
+    record(bool(ran_gpu) or args.mode == "real", "at least one GPU rule ran under SLURM", "")
+
+    # Attempt of a job = rank among jobs with the same rule + wildcards (job ids increase).
+    by_key: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for j in sorted(jobs, key=lambda j: int(j["JobId"])):
+        by_key[(j["rule"], j["wc"])].append(j)
+    mismatches = []
+    checked = 0
+    for (rule, _), js in by_key.items():
+        if rule not in set_res:
+            continue  # the rule's own resources may win over default-resources
+        for attempt, j in enumerate(js, start=1):
+            res = set_res[rule]
+            want_mem = eval_resource(res["mem_mb"], attempt) if "mem_mb" in res else None
+            want_min = eval_resource(res["runtime"], attempt) if "runtime" in res else None
+            got_mem = mem_to_mb(j.get("MinMemoryNode", "0"))
+            got_min = time_to_min(j.get("TimeLimit", "0"))
+            checked += 1
+            if (want_mem is not None and abs(got_mem - want_mem) > 1) or (
+                want_min is not None and abs(got_min - want_min) > 0.5
+            ):
+                mismatches.append((j["JobId"], rule, attempt, got_mem, want_mem, got_min, want_min))
+    record(checked > 0 and not mismatches,
+           f"sbatch mem/time follow the profile's attempt expressions ({checked} jobs)", str(mismatches))
+
+    failed = [j for j in jobs if j.get("JobState") == "FAILED"]
+    retried_ok = all(
+        any(k.get("JobState") == "COMPLETED" for k in by_key[(j["rule"], j["wc"])]) for j in failed
+    )
+    record(retried_ok, "every failed attempt was retried to completion", str([j["JobId"] for j in failed]))
+
+    logs = list(Path(args.logdir).rglob("*.log")) if Path(args.logdir).is_dir() else []
+    record(len(logs) >= len(jobs) > 0, "one SLURM log per job kept", f"{len(logs)} logs for {len(jobs)} jobs")
+
+    if args.mode == "plumbing":
+        _check_plumbing(args, jobs, by_key, meta, record)
+
+    for ok, name, detail in results:
+        print(f"PASS {name}" if ok else f"FAIL {name}: {detail}")
+    return 0
+
+
+def _check_plumbing(args, jobs, by_key, meta, record) -> None:
+    """Checks that need the throwaway workflow's per-job JSON records."""
+    out = args.workdir / "out"
+    shards = sorted(out.glob("estep_shard_*.json"))
+    record(len(shards) == 2, "plumbing outputs exist", str(shards))
+    recs = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    ids = {j["JobId"] for j in jobs}
+    venv_python = str(args.venv / "bin" / "python")
+    record(recs.get("dataset", {}).get("slurm_job_id") is None, "localrule ran on the submit host",
+           str(recs.get("dataset")))
+    remote = {k: v for k, v in recs.items() if k != "dataset"}
+    record(len(remote) == 3 and all(v["slurm_job_id"] in ids for v in remote.values()),
+           "cluster rules ran inside SLURM jobs", str({k: v["slurm_job_id"] for k, v in remote.items()}))
+    record(all(v["python"] == venv_python for v in recs.values()), "jobs ran the project's venv python",
+           str({k: v["python"] for k, v in recs.items()}))
+    gpus = {k: v["gpus_on_node"] for k, v in remote.items()}
+    record(gpus.get("estep_shard_0") == "1" and gpus.get("estep_shard_1") == "1"
+           and gpus.get("init_prior") in (None, "0"), "SLURM_GPUS_ON_NODE: 1 in estep_shard, none in init_prior",
+           str(gpus))
+    attempts = {k: v["attempt"] for k, v in remote.items()}
+    record(attempts == {"init_prior": 1, "estep_shard_0": 2, "estep_shard_1": 2},
+           "estep_shard succeeded on attempt 2 after a planned failure", str(attempts))
+    e0 = [j for (rule, _), js in by_key.items() if rule == "estep_shard" for j in js]
+    states = sorted((j["JobState"], j.get("ExitCode")) for j in e0)
+    record(states == [("COMPLETED", "0:0")] * 2 + [("FAILED", "3:0")] * 2,
+           "estep_shard: 2 FAILED (exit 3) + 2 COMPLETED SLURM jobs", str(states))
+    # Growth across attempts as seen by SLURM, and the value snakemake handed the job on the retry.
+    grew = []
+    for (rule, wc), js in by_key.items():
+        if rule == "estep_shard" and len(js) == 2:
+            m1, m2 = (mem_to_mb(j["MinMemoryNode"]) for j in js)
+            t1, t2 = (time_to_min(j["TimeLimit"]) for j in js)
+            rec = recs.get(f"estep_shard_{wc.split('=')[-1]}", {})
+            grew.append((wc, m1, m2, t1, t2, rec.get("mem_mb"), rec.get("runtime")))
+    record(len(grew) == 2 and all(m2 > m1 and t2 > t1 and rm == m2 and rt == t2 for _, m1, m2, t1, t2, rm, rt in grew),
+           "retry was resubmitted with larger mem and time (attempt expressions)", str(grew))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    mp = sub.add_parser("make-profile")
+    mp.add_argument("--src", type=Path, required=True)
+    mp.add_argument("--dst", type=Path, required=True)
+    mp.add_argument("--node-mem-mb", type=int, required=True)
+    mp.add_argument("--partition", default="debug")
+    mp.add_argument("--logdir", required=True)
+    ck = sub.add_parser("check")
+    ck.add_argument("--profile-dir", type=Path, required=True)
+    ck.add_argument("--plan", type=Path, required=True)
+    ck.add_argument("--jobs", type=Path, required=True)
+    ck.add_argument("--logdir", type=Path, required=True)
+    ck.add_argument("--workdir", type=Path, required=True)
+    ck.add_argument("--venv", type=Path, required=True)
+    ck.add_argument("--mode", choices=["plumbing", "real"], required=True)
+    args = ap.parse_args(argv)
+    if args.cmd == "make-profile":
+        meta = make_profile(args.src, args.dst, args.node_mem_mb, args.partition, args.logdir)
+        print(json.dumps(meta))
+        return 0
+    return check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
