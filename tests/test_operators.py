@@ -373,6 +373,8 @@ def test_wrong_shapes_raise_one_line_value_errors():
         make_operator("nope", 1, (5,), 0.1, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['rho'\]"):
         make_operator("pixel_mask", 1, (1, 8, 8), 0.1, np.random.default_rng(0), rho=0.5)
+    with pytest.raises(ValueError, match=r"box 6 with margin 2 does not fit in 9x16"):
+        make_operator("box_mask", 1, (1, 9, 16), 0.1, np.random.default_rng(0), box=6, margin=2)
     with pytest.raises(ValueError, match=r"not a multiple of factor 3"):
         make_operator("downsample", 1, (1, 8, 8), 0.1, np.random.default_rng(0), factor=3)
     with pytest.raises(ValueError, match=r"parameter 'mask' must have shape \(n, 8, 8\), got \(2, 8, 7\)"):

@@ -78,10 +78,10 @@ def _fmt(shape: tuple[int, ...]) -> str:
 # Base class and registry
 # ---------------------------------------------------------------------------------------------
 
-OPERATORS: dict[str, type["LinearOperator"]] = {}
+OPERATORS: dict[str, type[LinearOperator]] = {}
 
 
-def _register(cls: type["LinearOperator"]) -> type["LinearOperator"]:
+def _register(cls: type[LinearOperator]) -> type[LinearOperator]:
     OPERATORS[cls.kind] = cls
     return cls
 
@@ -89,9 +89,11 @@ def _register(cls: type["LinearOperator"]) -> type["LinearOperator"]:
 class LinearOperator:
     """A batch of linear maps A_i: R^{x_shape} -> R^{y_shape} with noise Sigma_y = noise_std^2 I.
 
-    Subclasses define ``kind``, the per-observation parameter names ``param_names``, the static
-    options ``option_names`` (with defaults in ``option_defaults``), and implement
-    ``_y_shape``, ``_check_params``, ``_apply``, ``_adjoint`` and ``draw``.
+    Subclasses define ``kind``, the per-observation parameter names ``param_names`` (numpy arrays
+    with a leading observation dimension), the static options the map depends on
+    (``option_defaults``) and those that only record how parameters were drawn (``draw_options``),
+    and implement ``_check_params``, ``_y_shape``, ``_apply``, ``_adjoint`` (and ``_measured``,
+    ``_tensors``, ``draw`` where needed). Operators without parameters have length 1.
     """
 
     kind: ClassVar[str] = ""
@@ -155,7 +157,7 @@ class LinearOperator:
 
     @classmethod
     def draw(cls, n: int, x_shape: tuple[int, ...], noise_std: float, rng: np.random.Generator,
-             **options: Any) -> "LinearOperator":
+             **options: Any) -> LinearOperator:
         """Random parameters for n observations (shared operators return len 1)."""
         return cls(x_shape, noise_std, {}, options)
 
@@ -214,7 +216,7 @@ class LinearOperator:
             eps = eps * mask
         return y + self.noise_std * eps
 
-    def __getitem__(self, idx: Any) -> "LinearOperator":
+    def __getitem__(self, idx: Any) -> LinearOperator:
         """The operator of a subset of observations; a shared operator (len 1) returns itself."""
         if self._len == 1:
             return self
@@ -237,7 +239,7 @@ class LinearOperator:
         return {k: v.copy() for k, v in self._params.items()}
 
     def _stored_options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.options.items()}
+        return dict(self.options)
 
     def attrs(self) -> dict[str, Any]:
         """JSON-able static settings from which :meth:`from_params` rebuilds the operator."""
@@ -245,7 +247,7 @@ class LinearOperator:
                 "noise_std": self.noise_std, "options": _jsonable(self._stored_options())}
 
     @classmethod
-    def from_params(cls, params: dict[str, np.ndarray], attrs: dict[str, Any]) -> "LinearOperator":
+    def from_params(cls, params: dict[str, np.ndarray], attrs: dict[str, Any]) -> LinearOperator:
         if attrs.get("kind", cls.kind) != cls.kind:
             raise OperatorError(f"{cls.kind}: attrs describe a '{attrs.get('kind')}' operator")
         for key in ("x_shape", "noise_std"):
@@ -313,7 +315,7 @@ class PixelMaskOperator(LinearOperator):
     draw_options = ("deleted",)
 
     def _check_params(self) -> None:
-        c, h, w = _image_shape(self.kind, self.x_shape)
+        _, h, w = _image_shape(self.kind, self.x_shape)
         self._params["mask"] = _bool_param(self.kind, "mask", self._params["mask"], (h, w))
 
     def _apply(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
@@ -343,7 +345,7 @@ class BoxMaskOperator(LinearOperator):
 
     kind = "box_mask"
     param_names = ("corner",)
-    option_defaults = {"box": None}
+    option_defaults: ClassVar[dict[str, Any]] = {"box": None}
     draw_options = ("margin",)
 
     def _check_params(self) -> None:
@@ -466,7 +468,7 @@ class FourierLinesOperator(LinearOperator):
     draw_options = ("acceleration", "center_fraction", "symmetric")
 
     def _check_params(self) -> None:
-        c, h, w = _image_shape(self.kind, self.x_shape)
+        c, _, w = _image_shape(self.kind, self.x_shape)
         if c != 1:
             raise OperatorError(f"{self.kind}: x_shape must be (1, H, W) (a real single-channel image), "
                                 f"got {_fmt(self.x_shape)}")
@@ -507,7 +509,7 @@ class FourierLinesOperator(LinearOperator):
             raise OperatorError(f"{cls.kind}: option center_fraction must be in [0, 1/acceleration="
                                 f"{1.0 / R:.4g}], got {center_fraction!r}")
         freq = cls.signed_frequencies(w)
-        n_c = min(int(round(cf * w)), int(math.floor(w / R)))
+        n_c = min(round(cf * w), math.floor(w / R))
         if symmetric:
             half = (n_c - 1) // 2 if n_c > 0 else -1
             centre = np.abs(freq) <= half
@@ -603,7 +605,7 @@ class BlurOperator(LinearOperator):
 
     kind = "blur"
     param_names = ("kernel",)
-    option_defaults = {"padding": "zero"}
+    option_defaults: ClassVar[dict[str, Any]] = {"padding": "zero"}
     draw_options = ("kernel", "size", "intensity", "std", "shared")
 
     def _check_params(self) -> None:
@@ -715,7 +717,7 @@ class DownsampleOperator(LinearOperator):
     :func:`bicubic_downsample_matrix`; y_shape (C, H / f, W / f); A^T y = D_H^T y D_W."""
 
     kind = "downsample"
-    option_defaults = {"factor": 4}
+    option_defaults: ClassVar[dict[str, Any]] = {"factor": 4}
 
     def _check_params(self) -> None:
         _, h, w = _image_shape(self.kind, self.x_shape)
@@ -750,7 +752,7 @@ class CropOperator(LinearOperator):
     """Centred crop to (h, w): top = (H - h) // 2, left = (W - w) // 2; A^T zero-pads back."""
 
     kind = "crop"
-    option_defaults = {"h": None, "w": None}
+    option_defaults: ClassVar[dict[str, Any]] = {"h": None, "w": None}
 
     def _check_params(self) -> None:
         _, H, W = _image_shape(self.kind, self.x_shape)
