@@ -130,7 +130,7 @@ def test_gaussian_denoiser_dense_formula_and_jacobian():
         G = C @ torch.linalg.inv(C + sigma[b] ** 2 * I)
         assert torch.allclose(out[b].reshape(6), mu + G @ (x_t[b].reshape(6) - mu), atol=1e-12)
         # Eq. (21): V[x|x_t] = sigma^2 dE/dx_t and cov_matvec applies it
-        J = jacobian(lambda z: den(z.reshape(1, 2, 3), sigma[b]).reshape(6), x_t[b].reshape(6))
+        J = jacobian(lambda z, sb=sigma[b]: den(z.reshape(1, 2, 3), sb).reshape(6), x_t[b].reshape(6))
         v = torch.randn(1, 2, 3, generator=g, dtype=D64)
         cv = den.cov_matvec(x_t[b : b + 1], sigma[b], v).reshape(6)
         assert torch.allclose(cv, sigma[b] ** 2 * J @ v.reshape(6), atol=1e-10)
@@ -161,14 +161,16 @@ def test_mixture_denoiser_tweedie_identities(isotropic):
     mix = _random_mixture(g, K=4, d=3, isotropic=isotropic)
     den = GaussianMixtureDenoiser(mix)
     for s in (0.05, 0.7, 3.0):
-        x_t = (mix.sample(4, generator=g) + s * torch.randn(4, 3, generator=g, dtype=D64)).requires_grad_(True)
+        x_t = (mix.sample(4, generator=g) + s * torch.randn(4, 3, generator=g, dtype=D64)).requires_grad_(
+            True
+        )
         logp = mix.noised(s).log_prob(x_t).sum()
         (grad,) = torch.autograd.grad(logp, x_t)
         E = den(x_t, s)
         assert torch.allclose(E, x_t + s**2 * grad, atol=1e-8, rtol=0)
         V = den.covariance(x_t.detach(), s)
         for b in range(4):
-            J = jacobian(lambda z: den(z[None], s)[0], x_t[b].detach())
+            J = jacobian(lambda z, s=s: den(z[None], s)[0], x_t[b].detach())
             assert torch.allclose(V[b], s**2 * J, atol=1e-8, rtol=0)
         v = torch.randn(4, 3, generator=g, dtype=D64)
         Vv = den.cov_matvec(x_t.detach(), s, v)
@@ -183,7 +185,9 @@ def test_mixture_log_prob_matches_scipy_and_far_points_are_finite():
     mix = _random_mixture(g, K=3, d=2)
     x = torch.randn(6, 2, generator=g, dtype=D64) * 3
     w, mu, C = mix.weights.numpy(), mix.means.numpy(), mix.covs.numpy()
-    ref = [math.log(sum(w[k] * multivariate_normal(mu[k], C[k]).pdf(xi) for k in range(3))) for xi in x.numpy()]
+    ref = [
+        math.log(sum(w[k] * multivariate_normal(mu[k], C[k]).pdf(xi) for k in range(3))) for xi in x.numpy()
+    ]
     assert torch.allclose(mix.log_prob(x), torch.tensor(ref, dtype=D64), atol=1e-10)
     # 1e3 away from every component: densities underflow, logsumexp and responsibilities do not
     far = torch.full((2, 2), 1e3, dtype=D64)
@@ -249,7 +253,9 @@ def test_mixture_posterior_vs_brute_force_grid():
 def test_mixture_posterior_1d_importance_sampling():
     """1-d bimodal prior, y = x + 0.5 e: posterior mean vs self-normalised importance sampling with
     n = 400 000 prior samples, within 4 Monte Carlo standard errors."""
-    mix = GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-2.0], [1.5]], dtype=D64), torch.tensor([0.5, 0.8]))
+    mix = GaussianMixture(
+        torch.tensor([0.3, 0.7]), torch.tensor([[-2.0], [1.5]], dtype=D64), torch.tensor([0.5, 0.8])
+    )
     A = torch.ones(1, 1, dtype=D64)
     y = torch.tensor([0.2], dtype=D64)
     post = mix.posterior(A, y, 0.5)

@@ -6,7 +6,8 @@ Theorem 1) give E[x | x_t] = x_t + sigma^2 grad log p(x_t) and V[x | x_t] = sigm
 
 - N(mu, Sigma) with Sigma = Q diag(lam) Q^T::
 
-      E[x | x_t] = mu + Sigma (Sigma + sigma^2 I)^-1 (x_t - mu) = mu + Q diag(lam/(lam+sigma^2)) Q^T (x_t - mu)
+      E[x | x_t] = mu + Sigma (Sigma + sigma^2 I)^-1 (x_t - mu)
+                 = mu + Q diag(lam/(lam+sigma^2)) Q^T (x_t - mu)
       V[x | x_t] = (Sigma^-1 + sigma^-2 I)^-1 = Q diag(lam sigma^2/(lam+sigma^2)) Q^T
 
   (constant in x_t). Eigendecompositions are computed once, so any sigma costs two products.
@@ -23,7 +24,7 @@ checkpoint can be evaluated in float64.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -32,11 +33,11 @@ from emprior.diffusion import batch_sigma
 from emprior.errors import ArtifactError
 
 __all__ = [
-    "LowRankGaussian",
     "GaussianDenoiser",
-    "gaussian_posterior",
     "GaussianMixture",
     "GaussianMixtureDenoiser",
+    "LowRankGaussian",
+    "gaussian_posterior",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -57,9 +58,10 @@ def _harmonic(lam: Tensor, s2: Tensor) -> Tensor:
 
 
 def _flat(x: Tensor, d: int, name: str) -> Tensor:
-    if x.dim() < 1 or x[0].numel() != d:
-        raise ValueError(f"{name}: expected shape (B, *event_shape) with {d} elements per sample, "
-                         f"got {tuple(x.shape)}")
+    if not isinstance(x, Tensor) or x.dim() < 2 or math.prod(x.shape[1:]) != d:
+        raise ValueError(
+            f"{name}: expected shape (B, *event_shape) with {d} elements per sample, got {tuple(x.shape)}"
+        )
     return x.reshape(x.shape[0], d)
 
 
@@ -113,7 +115,7 @@ class LowRankGaussian:
 
     # -- construction / persistence -------------------------------------------------------------
     @classmethod
-    def full(cls, mean: Tensor, cov: Tensor, event_shape: Sequence[int] | None = None) -> "LowRankGaussian":
+    def full(cls, mean: Tensor, cov: Tensor, event_shape: Sequence[int] | None = None) -> LowRankGaussian:
         """From a dense covariance by eigendecomposition: U = eigenvectors, s = eigenvalues, tau = 0."""
         mean = torch.as_tensor(mean)
         cov = torch.as_tensor(cov, dtype=mean.dtype, device=mean.device)
@@ -126,7 +128,9 @@ class LowRankGaussian:
             raise ValueError(f"cov: must be symmetric, relative asymmetry {asym:.3g}")
         lam, Q = torch.linalg.eigh((cov + cov.T) / 2)
         if lam.min() < -1e-6 * lam.abs().max():
-            raise ValueError(f"cov: must be positive semi-definite, smallest eigenvalue {lam.min().item():.3g}")
+            raise ValueError(
+                f"cov: must be positive semi-definite, smallest eigenvalue {lam.min().item():.3g}"
+            )
         return cls(mean, Q, lam.clamp(min=0), 0.0, event_shape)
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -139,16 +143,20 @@ class LowRankGaussian:
         }
 
     @classmethod
-    def from_state_dict(cls, sd: dict[str, Tensor]) -> "LowRankGaussian":
+    def from_state_dict(cls, sd: dict[str, Tensor]) -> LowRankGaussian:
         for key in ("mean", "U", "s", "tau", "event_shape"):
             if key not in sd:
                 raise ArtifactError(f"LowRankGaussian state dict: missing key {key!r}")
         shape = tuple(int(k) for k in torch.as_tensor(sd["event_shape"]).reshape(-1).tolist())
         return cls(sd["mean"], sd["U"], sd["s"], float(sd["tau"]), shape)
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "LowRankGaussian":
+    def to(
+        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> LowRankGaussian:
         kw = {"dtype": dtype or self.mean.dtype, "device": device or self.mean.device}
-        return LowRankGaussian(self.mean.to(**kw), self.U.to(**kw), self.s.to(**kw), self.tau, self.event_shape)
+        return LowRankGaussian(
+            self.mean.to(**kw), self.U.to(**kw), self.s.to(**kw), self.tau, self.event_shape
+        )
 
     # -- spectral helpers ---------------------------------------------------------------------
     def _params(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -204,7 +212,10 @@ class LowRankGaussian:
         return (self.U * self.s) @ self.U.T + self.tau * eye
 
     def __repr__(self) -> str:
-        return f"LowRankGaussian(d={self.d}, rank={self.U.shape[1]}, tau={self.tau:.3g}, event_shape={self.event_shape})"
+        return (
+            f"LowRankGaussian(d={self.d}, rank={self.U.shape[1]}, tau={self.tau:.3g}, "
+            f"event_shape={self.event_shape})"
+        )
 
 
 class GaussianDenoiser:
@@ -239,7 +250,9 @@ class GaussianDenoiser:
         return self.prior.cov_inv_plus_matvec(v, batch_sigma(sigma, x_t))
 
 
-def _condition(mean: Tensor, cov: Tensor, A: Tensor, y: Tensor, noise_var: float) -> tuple[Tensor, Tensor, Tensor]:
+def _condition(
+    mean: Tensor, cov: Tensor, A: Tensor, y: Tensor, noise_var: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Batched (leading dims of mean/cov) Gaussian conditioning on y = A x + noise.
 
     Returns posterior mean, posterior covariance and log N(y | A mean, A cov A^T + noise_var I).
@@ -250,7 +263,9 @@ def _condition(mean: Tensor, cov: Tensor, A: Tensor, y: Tensor, noise_var: float
     S = (S + S.transpose(-1, -2)) / 2
     L, info = torch.linalg.cholesky_ex(S)
     if bool((info != 0).any()):
-        raise ValueError("A cov A^T + noise_std^2 I: not positive definite (noise_std = 0 with rank-deficient A cov A^T?)")
+        raise ValueError(
+            "A cov A^T + noise_std^2 I: not positive definite (noise_std = 0 with rank-deficient A cov A^T?)"
+        )
     r = y - mean @ A.T  # (..., m)
     K_T = torch.cholesky_solve(Ac, L)  # S^-1 A cov, (..., m, d)
     post_mean = mean + (r.unsqueeze(-2) @ K_T).squeeze(-2)
@@ -331,10 +346,14 @@ class GaussianMixture:
                 raise ValueError(f"covs: must be symmetric, max asymmetry {asym:.3g}")
             lam, Q = torch.linalg.eigh((covs + covs.transpose(1, 2)) / 2)
             if bool((lam < -1e-6 * lam.abs().amax(dim=1, keepdim=True)).any()):
-                raise ValueError(f"covs: must be positive semi-definite, smallest eigenvalue {lam.min().item():.3g}")
+                raise ValueError(
+                    f"covs: must be positive semi-definite, smallest eigenvalue {lam.min().item():.3g}"
+                )
             lam = lam.clamp(min=0)
         else:
-            raise ValueError(f"covs: expected shape ({K}, {d}, {d}), ({K},) or a scalar std, got {tuple(covs.shape)}")
+            raise ValueError(
+                f"covs: expected shape ({K}, {d}, {d}), ({K},) or a scalar std, got {tuple(covs.shape)}"
+            )
         self._set(torch.log(weights / weights.sum()), means, lam, Q)
 
     def _set(self, log_w: Tensor, means: Tensor, lam: Tensor, Q: Tensor | None) -> None:
@@ -345,7 +364,7 @@ class GaussianMixture:
         self.K, self.d = means.shape
 
     @classmethod
-    def _from_spectrum(cls, log_w: Tensor, means: Tensor, lam: Tensor, Q: Tensor | None) -> "GaussianMixture":
+    def _from_spectrum(cls, log_w: Tensor, means: Tensor, lam: Tensor, Q: Tensor | None) -> GaussianMixture:
         obj = cls.__new__(cls)
         obj._set(log_w, means, lam, Q)
         return obj
@@ -380,10 +399,13 @@ class GaussianMixture:
         """log N(x | mu_k, C_k + s2 I) (B, K), coordinates z = Q^T (x - mu) and eigenvalues lam + s2."""
         _, means, lam, Q = self._params(xf)
         z = self._to_basis(Q, xf[:, None, :] - means[None])
+        if Q is None:  # isotropic: one eigenvalue per component, keep den (B, K, 1) to save memory
+            lam = lam[:, :1]
         den = lam[None] + s2[:, None, None]
         if bool((den <= 0).any()):
             raise ValueError("sigma: a component covariance is singular and sigma = 0 (density undefined)")
-        ll = -0.5 * ((z.square() / den).sum(-1) + den.log().sum(-1) + self.d * _LOG_2PI)
+        logdet = den.log().sum(-1) * (self.d if Q is None else 1)
+        ll = -0.5 * ((z.square() / den).sum(-1) + logdet + self.d * _LOG_2PI)
         return ll, z, den
 
     # -- public API ------------------------------------------------------------------------------
@@ -405,7 +427,7 @@ class GaussianMixture:
         log_w, _, _, _ = self._params(xf)
         return torch.logsumexp(log_w + ll, dim=1)
 
-    def noised(self, sigma: float) -> "GaussianMixture":
+    def noised(self, sigma: float) -> GaussianMixture:
         """The law of x_t = x + sigma z: sum_k w_k N(mu_k, C_k + sigma^2 I) (same eigenvectors)."""
         sigma = float(sigma)
         if not (math.isfinite(sigma) and sigma >= 0):
@@ -420,7 +442,7 @@ class GaussianMixture:
         cov = (w[:, None, None] * (self.covs + dm[:, :, None] * dm[:, None, :])).sum(0)
         return m, cov
 
-    def posterior(self, A: Tensor, y: Tensor, noise_std: float) -> "GaussianMixture":
+    def posterior(self, A: Tensor, y: Tensor, noise_std: float) -> GaussianMixture:
         """Exact p(x | y) for y = A x + noise_std e: a mixture with components N(m_k', C_k') given by
         :func:`gaussian_posterior` and weights w_k' ∝ w_k N(y | A mu_k, A C_k A^T + noise_std^2 I)."""
         kw = {"dtype": self.means.dtype, "device": self.means.device}
@@ -453,14 +475,18 @@ class GaussianMixtureDenoiser:
             raise TypeError(f"mixture: expected a GaussianMixture, got {type(mixture).__name__}")
         self.mixture = mixture
 
-    def _moments(self, x_t: Tensor, sigma: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
-        """(r (B, K), m (B, K, d), post_var (B, K, d) eigenvalues of V_k, Q, E (B, d))."""
+    def _moments(
+        self, x_t: Tensor, sigma: Tensor | float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+        """(r (B, K), m (B, K, d), post_var (eigenvalues of V_k: (B, K, d), or (B, K, 1) if isotropic),
+        Q, E (B, d))."""
         mix = self.mixture
         xf = _flat(x_t, mix.d, "x_t")
         s2 = batch_sigma(sigma, xf) ** 2
         log_w, means, lam, Q = mix._params(xf)
         ll, z, den = mix._component_loglik(xf, s2)
         r = torch.softmax(log_w + ll, dim=1)
+        lam = lam[:, :1] if Q is None else lam
         gain = lam[None] / den  # den > 0 was checked
         m = means[None] + mix._from_basis(Q, gain * z)
         post_var = lam[None] * s2[:, None, None] / den
@@ -476,7 +502,7 @@ class GaussianMixtureDenoiser:
         """V[x | x_t] as dense (B, d, d) matrices."""
         r, m, pv, Q, E = self._moments(x_t, sigma)
         if Q is None:
-            Vk = torch.diag_embed(pv)
+            Vk = torch.diag_embed(pv.expand(-1, -1, self.mixture.d))
         else:
             Vk = torch.einsum("kij,bkj,klj->bkil", Q, pv, Q)
         dm = m - E[:, None, :]

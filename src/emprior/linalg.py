@@ -14,21 +14,22 @@ A *breakdown* is a sample whose iteration cannot proceed and has not converged:
 CG: p^T M p <= 0 or a non-finite alpha/beta (M not SPD along p, e.g. a non-symmetric or indefinite
 Jacobian; Section 4.2 notes this happens with trained denoisers); GMRES: a non-finite Arnoldi
 vector, or an Arnoldi breakdown (h_{j+1,j} ~ 0) whose least-squares residual is still above
-max(tol, sqrt(eps) ||r_0||) (singular M). A *lucky* Arnoldi breakdown (invariant Krylov space, residual
-at rounding level) is convergence, not a breakdown. Broken samples keep their last finite iterate, so no NaN is ever returned.
+max(tol, sqrt(eps) ||r_0||) (singular M). A *lucky* Arnoldi breakdown (invariant Krylov space,
+residual at rounding level) is convergence, not a breakdown. Broken samples keep their last finite
+iterate, so no NaN is ever returned.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 MatVec = Callable[[Tensor], Tensor]
 
-__all__ = ["SolveInfo", "cg", "gmres", "batch_dot"]
+__all__ = ["SolveInfo", "batch_dot", "cg", "gmres"]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Posterior denoisers: estimates of E[x | x_t, y] for y = A x + e, e ~ N(0, Sigma_y), Sigma_y = noise_std^2 I.
+"""Posterior denoisers: estimates of E[x | x_t, y] for y = A x + e, e ~ N(0, noise_std^2 I).
 
 Every method here is a callable ``post(x_t, sigma) -> E[x | x_t, y]`` with the denoiser interface, so
 the samplers of :mod:`emprior.diffusion` sample the posterior exactly as they sample the prior. By
@@ -55,7 +55,8 @@ x_hat (the unconditional denoiser, i.e. no guidance at this step) and is counted
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,15 +66,15 @@ from emprior.gaussian import LowRankGaussian
 from emprior.linalg import SolveInfo, batch_dot, cg, gmres
 
 __all__ = [
-    "METHODS",
     "COVARIANCES",
-    "SOLVERS",
-    "PosteriorDenoiser",
-    "MMPS",
-    "PiGDM",
     "DPS",
+    "METHODS",
+    "MMPS",
+    "SOLVERS",
     "TMPD",
     "DiffPIR",
+    "PiGDM",
+    "PosteriorDenoiser",
     "make_posterior",
 ]
 
@@ -124,7 +125,7 @@ class PosteriorDenoiser:
         for attr in ("A", "At", "noise_std"):
             if not hasattr(op, attr):
                 raise TypeError(f"op: {type(op).__name__} has no attribute {attr!r} (need A, At, noise_std)")
-        if not isinstance(y, Tensor) or y.dim() < 1 or y.shape[0] == 0:
+        if not isinstance(y, Tensor) or y.dim() < 2 or y.shape[0] == 0:
             raise ValueError(f"y: expected a tensor of shape (B, *y_shape), got {getattr(y, 'shape', y)!r}")
         self.denoiser = denoiser
         self.op = op
@@ -186,12 +187,18 @@ class PosteriorDenoiser:
         with torch.enable_grad():
             x_hat = self.denoiser(x, sigma)
         if not isinstance(x_hat, Tensor) or x_hat.shape != x_t.shape:
-            raise ValueError(f"denoiser: returned shape {tuple(getattr(x_hat, 'shape', ()))}, expected {tuple(x_t.shape)}")
+            raise ValueError(
+                f"denoiser: returned shape {tuple(getattr(x_hat, 'shape', ()))}, expected {tuple(x_t.shape)}"
+            )
         if not x_hat.requires_grad:
-            raise ValueError("denoiser: output is not differentiable in x_t (detached or torch.inference_mode?)")
+            raise ValueError(
+                "denoiser: output is not differentiable in x_t (detached or torch.inference_mode?)"
+            )
 
         def vjp(u: Tensor) -> Tensor:
-            (g,) = torch.autograd.grad(x_hat, x, grad_outputs=u.detach(), retain_graph=True, allow_unused=True)
+            (g,) = torch.autograd.grad(
+                x_hat, x, grad_outputs=u.detach(), retain_graph=True, allow_unused=True
+            )
             self._vjps += 1
             return torch.zeros_like(x_t) if g is None else g.detach()
 
@@ -208,7 +215,9 @@ class PosteriorDenoiser:
     # -- interface -------------------------------------------------------------------------------
     def __call__(self, x_t: Tensor, sigma: Tensor | float) -> Tensor:
         if not isinstance(x_t, Tensor) or x_t.dim() < 2 or not x_t.is_floating_point():
-            raise ValueError(f"x_t: expected a float tensor of shape (B, *x_shape), got {getattr(x_t, 'shape', x_t)!r}")
+            raise ValueError(
+                f"x_t: expected a float tensor of shape (B, *x_shape), got {getattr(x_t, 'shape', x_t)!r}"
+            )
         sigma = batch_sigma(sigma, x_t)
         if bool((sigma <= 0).any()) or not bool(torch.isfinite(sigma).all()):
             raise ValueError(f"sigma: must be finite and > 0, got min {sigma.min().item()!r}")
@@ -259,7 +268,9 @@ class MMPS(PosteriorDenoiser):
         if covariance == "prior" and not isinstance(prior, LowRankGaussian):
             raise ValueError(f"prior: covariance 'prior' needs a LowRankGaussian, got {type(prior).__name__}")
         if covariance == "exact" and not callable(getattr(denoiser, "cov_matvec", None)):
-            raise ValueError(f"covariance: 'exact' needs denoiser.cov_matvec, {type(denoiser).__name__} has none")
+            raise ValueError(
+                f"covariance: 'exact' needs denoiser.cov_matvec, {type(denoiser).__name__} has none"
+            )
         self.covariance = covariance
         self.solver = solver
         self.maxiter = _positive_int("maxiter", maxiter)
@@ -267,7 +278,9 @@ class MMPS(PosteriorDenoiser):
         self.rtol = _nonneg_float("rtol", rtol)
         self.prior = prior
 
-    def _cov_matvec(self, x_t: Tensor, sigma: Tensor, vjp: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    def _cov_matvec(
+        self, x_t: Tensor, sigma: Tensor, vjp: Callable[[Tensor], Tensor]
+    ) -> Callable[[Tensor], Tensor]:
         """u -> V u for the chosen V[x | x_t] (Algorithm 3, lines 3-6)."""
         s2 = _col(sigma**2, x_t)
         if self.covariance == "tweedie":
@@ -308,10 +321,26 @@ class PiGDM(MMPS):
     name = "pigdm"
     OPTIONS = ("solver", "maxiter", "tol", "rtol")
 
-    def __init__(self, denoiser, op, y, solver: str = "cg", maxiter: int = 1000, tol: float = 0.0,
-                 rtol: float | None = None):
-        super().__init__(denoiser, op, y, covariance="inv", solver=solver, maxiter=maxiter, tol=tol,
-                         rtol=0.0 if rtol is None else rtol)
+    def __init__(
+        self,
+        denoiser,
+        op,
+        y,
+        solver: str = "cg",
+        maxiter: int = 1000,
+        tol: float = 0.0,
+        rtol: float | None = None,
+    ):
+        super().__init__(
+            denoiser,
+            op,
+            y,
+            covariance="inv",
+            solver=solver,
+            maxiter=maxiter,
+            tol=tol,
+            rtol=0.0 if rtol is None else rtol,
+        )
         self._auto_rtol = rtol is None
 
     def _estimate(self, x_t, sigma, y):
@@ -327,12 +356,18 @@ class DPS(PosteriorDenoiser):
                       = x_hat + sigma^2 zeta J^T A^T (y - A x_hat) / ||y - A x_hat||     (one VJP)
 
     i.e. grad log p(y | x_t) ~ -zeta grad ||y - A x_hat|| (non-squared norm, as in their Alg. 1).
-    VE translation of the step size: DPS subtracts zeta_i grad ||.|| from x_{i-1} after each
-    ancestral step. Under the DDPM-style sampler (Algorithm 2) this estimate moves x_{t-1} by
-    (1 - sigma_{t-1}^2/sigma_t^2) sigma_t^2 zeta grad = (sigma_t^2 - sigma_{t-1}^2) zeta grad, so a DPS
-    step size zeta_i corresponds to zeta = zeta_i / (sigma_t^2 - sigma_{t-1}^2) here (their practical
-    zeta_i = zeta' / ||y - A x_hat|| corresponds to the gradient of the squared norm times zeta'/2).
-    Option ``zeta`` (default 1.0). Samples with y = A x_hat exactly get no correction.
+    VE translation of the step size. DPS (VP diffusion) applies x_{i-1} <- x'_{i-1} - zeta_i grad_{x_i}
+    ||y - A x_hat|| after each ancestral step. With x^VP = sqrt(abar) x^VE, abar = 1/(1 + sigma^2),
+    that is a VE step of about -zeta_i (1 + sigma_t^2) grad_{x^VE} ||.||. Here the guidance enters
+    through the denoiser, and the DDPM-style sampler (Algorithm 2) moves x_{t-1} by
+    -(1 - sigma_{t-1}^2/sigma_t^2) sigma_t^2 zeta grad = -(sigma_t^2 - sigma_{t-1}^2) zeta grad, so
+
+        zeta = zeta_i (1 + sigma_t^2) / (sigma_t^2 - sigma_{t-1}^2)
+
+    reproduces a DPS step size zeta_i. Their paper writes the squared norm with
+    zeta_i = zeta' / ||y - A x_hat|| (i.e. 2 zeta' grad ||.||); their code, like this class,
+    differentiates the non-squared norm with a constant scale. Option ``zeta`` (default 1.0).
+    Samples with y = A x_hat exactly get no correction.
     """
 
     name = "dps"
@@ -385,7 +420,8 @@ class TMPD(PosteriorDenoiser):
 class DiffPIR(PosteriorDenoiser):
     """DiffPIR data-consistency step (Zhu et al. 2023), see the module docstring::
 
-        (A^T A + rho_t I) delta = A^T (y - A x_hat),   rho_t = lam noise_std^2 / sigma^2,   x_0 = x_hat + delta
+        (A^T A + rho_t I) delta = A^T (y - A x_hat),   rho_t = lam noise_std^2 / sigma^2,
+        x_0 = x_hat + delta
 
     solved by CG (``maxiter`` default 100, ``rtol`` default 1e-2 sqrt(eps)); no VJP. Options ``lam``
     (default 1.0), ``maxiter``, ``rtol``. With noise_std = 0 (rho = 0) CG from delta = 0 stays in the
@@ -405,13 +441,17 @@ class DiffPIR(PosteriorDenoiser):
         with torch.no_grad():
             x_hat = self.denoiser(x_t, sigma)
         if not isinstance(x_hat, Tensor) or x_hat.shape != x_t.shape:
-            raise ValueError(f"denoiser: returned shape {tuple(getattr(x_hat, 'shape', ()))}, expected {tuple(x_t.shape)}")
+            raise ValueError(
+                f"denoiser: returned shape {tuple(getattr(x_hat, 'shape', ()))}, expected {tuple(x_t.shape)}"
+            )
         x_hat = x_hat.detach()
         rho = _col(self.lam * self.noise_std**2 / sigma**2, x_t)
         A, At = self.op.A, self.op.At
         rhs = At(y - A(x_hat))
         rtol = _default_rtol(x_t.dtype) if self.rtol is None else self.rtol
-        delta, info = cg(lambda v: At(A(v)) + rho * v, rhs, maxiter=self.maxiter, tol=rtol * batch_dot(rhs, rhs).sqrt())
+        delta, info = cg(
+            lambda v: At(A(v)) + rho * v, rhs, maxiter=self.maxiter, tol=rtol * batch_dot(rhs, rhs).sqrt()
+        )
         self._record_solve(info, rhs)
         return self._finalize(x_hat + delta, x_hat)
 
