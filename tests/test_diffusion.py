@@ -67,7 +67,9 @@ def test_schedule_endpoints_monotone_and_geometric():
     assert sch.sigma(torch.tensor(0.0)).item() == pytest.approx(1e-3, rel=1e-6)
     assert sch.sigma(torch.tensor(1.0)).item() == pytest.approx(1e2, rel=1e-6)
     # Eq. (27) is log-linear: sigma_{1/2} is the geometric mean sqrt(1e-3 * 1e2).
-    assert sch.sigma(torch.tensor(0.5, dtype=torch.float64)).item() == pytest.approx(math.sqrt(1e-1), rel=1e-12)
+    assert sch.sigma(torch.tensor(0.5, dtype=torch.float64)).item() == pytest.approx(
+        math.sqrt(1e-1), rel=1e-12
+    )
     t = torch.linspace(0, 1, 101, dtype=torch.float64)
     s = sch.sigma(t)
     assert torch.all(s[1:] > s[:-1])
@@ -205,8 +207,9 @@ def test_ddim_intermediate_eta_moments():
 def test_pc_matches_gaussian_moments():
     """Predictor-corrector, 128 DDIM steps + 1 Langevin correction (tau = 0.1) each, n = 4096.
     Tolerances: mean within 4 SE, variance within 10 %."""
-    x = sample(gaussian_denoiser, x_T(4096, 16), Schedule(), 128, "pc", corrections=1, tau=0.1,
-               generator=gen(17))
+    x = sample(
+        gaussian_denoiser, x_T(4096, 16), Schedule(), 128, "pc", corrections=1, tau=0.1, generator=gen(17)
+    )
     assert_moments(x)
 
 
@@ -253,10 +256,14 @@ def test_final_denoise_flag():
 def test_sample_prior_draws_x_T_at_sigma_max():
     """With the point-mass denoiser d = 0, deterministic DDIM is x' = (s'/s) x, so the output is
     exactly (sigma_min/sigma_max) x_T with x_T = sigma_max * randn(generator)."""
-    zero = lambda x, s: torch.zeros_like(x)  # noqa: E731
+
+    def zero(x, s):
+        return torch.zeros_like(x)
+
     sch = Schedule(1e-3, 1e1)
-    out = sample_prior(zero, 5, (2, 3), sch, 10, "ddim", generator=gen(22), eta=0.0, final_denoise=False,
-                       dtype=torch.float64)
+    out = sample_prior(
+        zero, 5, (2, 3), sch, 10, "ddim", generator=gen(22), eta=0.0, final_denoise=False, dtype=torch.float64
+    )
     expected = 1e-3 * torch.randn(5, 2, 3, generator=gen(22), dtype=torch.float64)
     assert out.shape == (5, 2, 3)
     assert torch.allclose(out, expected, rtol=1e-10, atol=0)
@@ -282,7 +289,7 @@ def test_nan_guard_names_the_step():
 
     # Only the final denoise (at sigma_min, grid index `steps`) fails.
     def bad_last(x, sigma):
-        return torch.where(sigma.reshape(-1, 1) < 2e-3, torch.inf, gaussian_denoiser(x, sigma))
+        return torch.where(sigma.reshape(-1, 1) < 1.2e-3, torch.inf, gaussian_denoiser(x, sigma))
 
     with pytest.raises(NumericalError, match=re.escape("at step 32/32 (sigma=0.001)")):
         sample(bad_last, x_T(4, 24), sch, 32, "ddpm", generator=gen(0))
@@ -335,6 +342,17 @@ def test_mlp_trained_with_dsm_approaches_analytic_denoiser():
     Measured (torch 2.14 CPU): trained/untrained = 0.0010; per-sigma ratio <= 0.012 for s >= 0.1
     (at s < 0.1 both nets are already near-exact, errors ~1e-6). Asserted: aggregate < 0.01,
     per-sigma < 0.1 for s >= 0.1."""
+    # One intra-op thread: small matmuls gain nothing from two, and on a loaded machine (other test
+    # processes) a spinning second thread made this test ~20x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train_and_compare()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_compare():
     torch.manual_seed(0)
     g = gen(1)
     mu = torch.tensor([1.0, -2.0, 0.5])

@@ -17,7 +17,7 @@ denoiser and an observation, Algorithm 3) is sampled from exactly like a prior.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -187,7 +187,7 @@ class EMA:
     def load_state_dict(self, state: dict) -> None:
         missing = set(self.shadow) - set(state["shadow"])
         if missing:
-            raise KeyError(f"EMA.load_state_dict: missing tensor {sorted(missing)[0]!r}")
+            raise KeyError(f"EMA.load_state_dict: missing tensor {min(missing)!r}")
         self.decay = float(state["decay"])
         for k, v in state["shadow"].items():
             if k in self.shadow:

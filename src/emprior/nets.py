@@ -15,7 +15,7 @@ d(x_t, sigma) = x_t/(sigma^2 + 1), the exact denoiser of N(0, I).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -150,8 +150,9 @@ class SelfAttention2d(nn.Module):
 class _Level(nn.Module):
     """hid_blocks residual blocks, each followed by self-attention when heads > 0."""
 
-    def __init__(self, channels: int, blocks: int, heads: int, emb_features: int, kernel_size: int,
-                 dropout: float):
+    def __init__(
+        self, channels: int, blocks: int, heads: int, emb_features: int, kernel_size: int, dropout: float
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(
             ModulatedResBlock(channels, emb_features, kernel_size, dropout) for _ in range(blocks)
@@ -189,13 +190,22 @@ class UNet(nn.Module):
         emb_features: int = 256,
     ):
         super().__init__()
-        hid_channels, hid_blocks, attention_heads = tuple(hid_channels), tuple(hid_blocks), tuple(attention_heads)
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
-                        ("emb_features", emb_features)):
+        hid_channels, hid_blocks, attention_heads = (
+            tuple(hid_channels),
+            tuple(hid_blocks),
+            tuple(attention_heads),
+        )
+        for name, v in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("emb_features", emb_features),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {v!r}")
         if len(hid_channels) == 0 or any(c < 1 for c in hid_channels):
-            raise ValueError(f"hid_channels: must be a non-empty list of positive sizes, got {hid_channels!r}")
+            raise ValueError(
+                f"hid_channels: must be a non-empty list of positive sizes, got {hid_channels!r}"
+            )
         if len(hid_blocks) != len(hid_channels) or any(k < 1 for k in hid_blocks):
             raise ValueError(
                 f"hid_blocks: must hold {len(hid_channels)} positive counts (one per level), got {hid_blocks!r}"
@@ -218,7 +228,7 @@ class UNet(nn.Module):
             nn.Linear(emb_features, emb_features), nn.SiLU(), nn.Linear(emb_features, emb_features)
         )
         self.inp = nn.Conv2d(in_channels, hid_channels[0], kernel_size, padding=pad)
-        args = dict(emb_features=emb_features, kernel_size=kernel_size, dropout=dropout)
+        args = {"emb_features": emb_features, "kernel_size": kernel_size, "dropout": dropout}
         self.down_levels = nn.ModuleList(
             _Level(hid_channels[i], hid_blocks[i], attention_heads[i], **args) for i in range(levels)
         )
@@ -231,7 +241,8 @@ class UNet(nn.Module):
             _Level(hid_channels[i], hid_blocks[i], attention_heads[i], **args) for i in range(levels)
         )
         self.ups = nn.ModuleList(
-            nn.Conv2d(hid_channels[i + 1], hid_channels[i], kernel_size, padding=pad) for i in range(levels - 1)
+            nn.Conv2d(hid_channels[i + 1], hid_channels[i], kernel_size, padding=pad)
+            for i in range(levels - 1)
         )
         self.out = nn.Conv2d(hid_channels[0], out_channels, kernel_size, padding=pad)
         nn.init.zeros_(self.out.weight)
@@ -271,13 +282,23 @@ class PixelShuffleWrapper(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         f = self.factor
         if x.dim() != 4 or x.shape[-1] % f or x.shape[-2] % f:
-            raise ValueError(f"x: expected (B, C, H, W) with H, W divisible by factor={f}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"x: expected (B, C, H, W) with H, W divisible by factor={f}, got {tuple(x.shape)}"
+            )
         return F.pixel_shuffle(self.net(F.pixel_unshuffle(x, f), sigma), f)
 
 
 _MLP_KEYS = {"net", "hidden", "emb_features"}
-_UNET_KEYS = {"net", "hid_channels", "hid_blocks", "attention_heads", "kernel_size", "dropout",
-              "emb_features", "pixel_shuffle"}
+_UNET_KEYS = {
+    "net",
+    "hid_channels",
+    "hid_blocks",
+    "attention_heads",
+    "kernel_size",
+    "dropout",
+    "emb_features",
+    "pixel_shuffle",
+}
 
 
 def _pos_int(cfg: dict, key: str, default: int) -> int:
