@@ -44,6 +44,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a job killed with SIGKILL
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -58,16 +61,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def _write_sidecar(path: Path, provenance: dict[str, Any] | None) -> None:
+def _write_sidecar(path: Path, provenance: dict[str, Any] | None, runtime: dict[str, Any] | None) -> None:
     record = {"file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size,
-              "provenance": provenance or {}}
+              "provenance": provenance or {}, "runtime": runtime or {}}
     with atomic_path(sidecar(path)) as tmp:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_artifact(path: str | Path, writer: Callable[[Path], None],
-                   provenance: dict[str, Any] | None = None) -> Path:
+                   provenance: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None) -> Path:
     """Run ``writer(tmp_path)``, then move the result to ``path`` and record its checksum.
+
+    ``runtime`` (timings, resume points: things that differ between runs of the same job) goes to the
+    sidecar only, so the artifact itself is bit-identical for the same config and seed.
 
     The sidecar is written after the rename; a job killed in between leaves an artifact with no
     sidecar, which :func:`verify` rejects, so Snakemake's rerun rewrites both.
@@ -77,7 +83,7 @@ def write_artifact(path: str | Path, writer: Callable[[Path], None],
         sidecar(path).unlink()
     with atomic_path(path) as tmp:
         writer(tmp)
-    _write_sidecar(path, provenance)
+    _write_sidecar(path, provenance, runtime)
     return path
 
 
@@ -102,6 +108,14 @@ def verify(path: str | Path, rule: str | None = None) -> dict[str, Any]:
     return record
 
 
+def runtime_of(path: str | Path) -> dict[str, Any]:
+    """The run-dependent record (timings, resume points) kept in an artifact's sidecar."""
+    try:
+        return json.loads(sidecar(path).read_text()).get("runtime", {}) or {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def rule_from_sidecar(path: str | Path) -> str | None:
     try:
         return json.loads(sidecar(path).read_text()).get("provenance", {}).get("rule")
@@ -120,7 +134,7 @@ def _attr_value(value: Any) -> Any:
 
 
 def save_h5(path: str | Path, datasets: dict[str, Any], attrs: dict[str, Any] | None = None,
-            provenance: dict[str, Any] | None = None) -> Path:
+            provenance: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None) -> Path:
     """Write ``datasets`` (name -> array; names may contain '/' for groups) and ``attrs``.
 
     Provenance goes both into the file's attributes (``provenance`` as JSON) and the sidecar.
@@ -137,7 +151,7 @@ def save_h5(path: str | Path, datasets: dict[str, Any], attrs: dict[str, Any] | 
             if provenance is not None:
                 f.attrs["provenance"] = json.dumps(provenance, sort_keys=True, default=str)
 
-    return write_artifact(path, writer, provenance)
+    return write_artifact(path, writer, provenance, runtime)
 
 
 def load_h5(path: str | Path, rule: str | None = None, check: bool = True
@@ -174,7 +188,8 @@ def load_h5(path: str | Path, rule: str | None = None, check: bool = True
 # torch checkpoints and JSON
 # ---------------------------------------------------------------------------------------------
 
-def save_torch(path: str | Path, obj: dict[str, Any], provenance: dict[str, Any] | None = None) -> Path:
+def save_torch(path: str | Path, obj: dict[str, Any], provenance: dict[str, Any] | None = None,
+               runtime: dict[str, Any] | None = None) -> Path:
     """Save a checkpoint made of tensors, numbers, strings, lists and dicts (weights_only-safe)."""
     payload = dict(obj)
     if provenance is not None:
@@ -185,7 +200,7 @@ def save_torch(path: str | Path, obj: dict[str, Any], provenance: dict[str, Any]
         torch.save(payload, buf)
         tmp.write_bytes(buf.getvalue())
 
-    return write_artifact(path, writer, provenance)
+    return write_artifact(path, writer, provenance, runtime)
 
 
 def load_torch(path: str | Path, rule: str | None = None, check: bool = True) -> dict[str, Any]:

@@ -26,6 +26,12 @@ def _has_nonfinite(obj: Any) -> bool:
     return isinstance(obj, float) and not math.isfinite(obj)
 
 
+def _total_seconds(timing: dict[str, Any]) -> float | None:
+    total = (timing.get("model") or {}).get("seconds") or 0.0
+    total += sum(v or 0.0 for v in (timing.get("estep_shards") or {}).values())
+    return total or None
+
+
 def audit_rows(results: str | Path, residual_blowup: float = 10.0) -> pd.DataFrame:
     results = Path(results)
     rows = []
@@ -70,7 +76,7 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0) -> pd.DataFra
                 "residual_ratio": e.get("residual_ratio_mean"),
                 "solver_breakdowns": (e.get("solver") or {}).get("breakdowns"),
                 "loss_last": (ms.get("loss") or {}).get("last"),
-                "seconds": (e.get("seconds") or 0) + (ms.get("seconds") or 0) or None,
+                "seconds": _total_seconds(rec.get("timing", {})),
             })
             if _has_nonfinite(rec) or rec.get("prior_samples", {}).get("finite") is False \
                     or e.get("finite") is False or (q and q.get("sinkhorn") is None and "error" in q):

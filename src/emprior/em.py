@@ -83,7 +83,7 @@ def _residual_ratio(op, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def run_estep(prior, method, obs, exp_cfg: dict[str, Any], seed: int, experiment: str, variant: str,
-              iteration: int, blocks: list[int], progress: bool = False) -> dict[str, Any]:
+              iteration: int, blocks: list[int], shard: int = 0, progress: bool = False) -> dict[str, Any]:
     """Posterior samples x ~ q_{k-1}(x | y, A) for the observations in ``blocks``."""
     est = exp_cfg["estep"]
     schedule = Schedule(**exp_cfg["schedule"])
@@ -103,7 +103,8 @@ def run_estep(prior, method, obs, exp_cfg: dict[str, Any], seed: int, experiment
             x = sample(post, x_T, schedule, est["steps"], est["sampler"], corrections=est.get("corrections", 0),
                        tau=est.get("tau", 0.1), eta=est.get("eta", 1.0), generator=gen, progress=progress)
         except NumericalError as exc:
-            raise NumericalError(f"E-step {experiment}/{variant} iteration {iteration}, block {b}: {exc}") from None
+            raise NumericalError(f"E-step {experiment}/{variant} iteration {iteration}, shard {shard}, "
+                                 f"block {b}: {exc}") from None
         xs.append(x.float())
         idx.append(rows)
         ratios.append(_residual_ratio(op, y, x).float())

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from emprior.artifacts import load_h5, load_torch, save_json, verify
+from emprior.artifacts import load_h5, load_torch, runtime_of, save_json, verify
 from emprior.log import get_logger
 
 log = get_logger("emprior.evaluate")
@@ -76,7 +76,7 @@ def iteration_metrics(config: dict[str, Any], experiment: str, variant: str, ite
                               "kind": ckpt.get("kind")}
     x = sdata["x"]
     finite = bool(np.isfinite(x).all())
-    record["prior_samples"] = {"n": int(len(x)), "finite": finite, "seconds": sattrs.get("seconds"),
+    record["prior_samples"] = {"n": int(len(x)), "finite": finite,
                                "mean_abs": float(np.nanmean(np.abs(x)))}
     if finite:
         record["quality"] = sample_quality(x, x_clean, exp["evaluate"],
@@ -85,12 +85,11 @@ def iteration_metrics(config: dict[str, Any], experiment: str, variant: str, ite
     else:
         record["quality"] = {"sinkhorn": None, "error": "non-finite prior samples"}
     if ckpt.get("kind") == "gaussian":
-        record["init"] = {"log_evidence": ckpt.get("log_evidence"), "seconds": ckpt.get("seconds"),
-                          "rank": int(len(ckpt["s"])), "tau": ckpt.get("tau")}
+        record["init"] = {"log_evidence": ckpt.get("log_evidence"), "rank": int(len(ckpt["s"])),
+                          "tau": ckpt.get("tau")}
     else:
         train = ckpt.get("train", {})
-        record["mstep"] = {"steps": train.get("steps"), "seconds": train.get("seconds"),
-                           "resumed_from": train.get("resumed_from"), "loss": loss_summary(train.get("loss", []))}
+        record["mstep"] = {"steps": train.get("steps"), "loss": loss_summary(train.get("loss", []))}
     artifacts = {"model.pt": verify(model)["sha256"], "prior_samples.h5": verify(samples)["sha256"],
                  "observations.h5": verify(observations)["sha256"]}
     if posterior:
@@ -109,11 +108,17 @@ def iteration_metrics(config: dict[str, Any], experiment: str, variant: str, ite
             "solver": {k: (float(np.sum(v)) if k in ("calls", "vjps", "breakdowns", "iterations")
                            else float(np.mean(v))) for k, v in solver.items()},
             "shards": [{"file": s["file"], "sha256": s["sha256"], "blocks": s["blocks"],
-                        "block_seeds": s["block_seeds"], "seconds": s["seconds"]} for s in shards],
-            "seconds": float(sum(s["seconds"] for s in shards)),
+                        "block_seeds": s["block_seeds"]} for s in shards],
         }
         artifacts["posterior.h5"] = verify(posterior)["sha256"]
     record["artifacts"] = artifacts
+    # Run-dependent numbers (from the sidecars): the only part of metrics.json that differs between
+    # two runs of the same config and seed.
+    timing = {"model": runtime_of(model), "prior_samples": runtime_of(samples)}
+    if posterior:
+        shard_dir = Path(posterior).parent / "posterior"
+        timing["estep_shards"] = {s["file"]: runtime_of(shard_dir / s["file"]).get("seconds") for s in shards}
+    record["timing"] = timing
     prov = make_provenance(config, config.get("seed"), "iteration_metrics", experiment=experiment, variant=variant,
                            iteration=iteration)
     save_json(out, _clean_floats(record), prov)

@@ -305,7 +305,8 @@ class MMPS(PosteriorDenoiser):
         def matvec(v: Tensor) -> Tensor:  # (Sigma_y + A V A^T) v, Eq. (22)-(23)
             return var_y * v + A(cov(At(v)))
 
-        tol = torch.clamp(self.rtol * batch_dot(b, b).sqrt(), min=self.tol)
+        # a non-finite b (NaN from the denoiser) must reach the sampler's guard, not crash the solver
+        tol = torch.clamp(self.rtol * batch_dot(b, b).sqrt(), min=self.tol).nan_to_num(self.tol, self.tol)
         v, info = SOLVERS[self.solver](matvec, b, maxiter=self.maxiter, tol=tol)
         self._record_solve(info, b)
         out = x_hat_d + _col(sigma**2, x_t) * vjp(At(v))  # x_t + Sigma_t (s_x + s_{y|x}), line 9-11
@@ -450,7 +451,7 @@ class DiffPIR(PosteriorDenoiser):
         rhs = At(y - A(x_hat))
         rtol = _default_rtol(x_t.dtype) if self.rtol is None else self.rtol
         delta, info = cg(
-            lambda v: At(A(v)) + rho * v, rhs, maxiter=self.maxiter, tol=rtol * batch_dot(rhs, rhs).sqrt()
+            lambda v: At(A(v)) + rho * v, rhs, maxiter=self.maxiter, tol=(rtol * batch_dot(rhs, rhs).sqrt()).nan_to_num(0.0, 0.0)
         )
         self._record_solve(info, rhs)
         return self._finalize(x_hat + delta, x_hat)

@@ -58,9 +58,9 @@ def init_prior(config: dict[str, Any], experiment: str, variant: str, observatio
     result = fit_gaussian_em(obs.op, obs.y, obs.x_shape, obs.noise_std, init["iterations"], rank=init.get("rank"),
                              dense_max=init.get("dense_max", 4096))
     ckpt = gaussian_checkpoint(result, obs.x_shape)
-    ckpt["seconds"] = time.perf_counter() - start
     log.info("gaussian EM: log evidence per observation %s", [round(v, 2) for v in result.log_evidence])
-    save_torch(out, ckpt, _prov(config, "init_prior", experiment=experiment, variant=variant, iteration=0))
+    save_torch(out, ckpt, _prov(config, "init_prior", experiment=experiment, variant=variant, iteration=0),
+               runtime={"seconds": time.perf_counter() - start})
 
 
 def estep(config: dict[str, Any], experiment: str, variant: str, iteration: int, shard: int, model: str,
@@ -77,13 +77,14 @@ def estep(config: dict[str, Any], experiment: str, variant: str, iteration: int,
         raise ArtifactError(f"{model}: prior of shape {prior.x_shape} does not match observations {obs.x_shape}")
     est = exp["estep"]
     blocks = shard_blocks(len(obs), est["block_size"], est["shards"], shard)
-    res = run_estep(prior, make_method(var), obs, exp, config["seed"], experiment, variant, iteration, blocks)
+    res = run_estep(prior, make_method(var), obs, exp, config["seed"], experiment, variant, iteration, blocks,
+                    shard=shard)
     save_h5(out, {"x": res["x"], "index": res["index"], "residual_ratio": res["residual_ratio"]},
             attrs={"blocks": res["blocks"], "block_seeds": [str(s) for s in res["block_seeds"]],
-                   "solver": res["solver"], "seconds": res["seconds"], "shard": shard,
-                   "shards": est["shards"], "iteration": iteration},
+                   "solver": res["solver"], "shard": shard, "shards": est["shards"], "iteration": iteration},
             provenance=_prov(config, "estep_shard", experiment=experiment, variant=variant,
-                             iteration=iteration, shard=shard))
+                             iteration=iteration, shard=shard),
+            runtime={"seconds": res["seconds"]})
 
 
 def gather(config: dict[str, Any], experiment: str, variant: str, iteration: int, shards: list[str],
@@ -95,7 +96,7 @@ def gather(config: dict[str, Any], experiment: str, variant: str, iteration: int
         idx.append(data["index"])
         ratios.append(data["residual_ratio"])
         info.append({"file": Path(path).name, "sha256": verify(path)["sha256"], "blocks": attrs["blocks"],
-                     "block_seeds": attrs["block_seeds"], "solver": attrs["solver"], "seconds": attrs["seconds"]})
+                     "block_seeds": attrs["block_seeds"], "solver": attrs["solver"]})
     index = np.concatenate(idx)
     order = np.argsort(index, kind="stable")
     if len(np.unique(index)) != len(index):
@@ -136,9 +137,9 @@ def mstep(config: dict[str, Any], experiment: str, variant: str, iteration: int,
         result["ema"].copy_to(net)
     ckpt = {"kind": "denoiser", "x_shape": list(x_shape), "net": dict(exp["denoiser"]),
             "schedule": dict(exp["schedule"]), "weights": net.state_dict(), "raw_weights": raw,
-            "train": {"loss": result["loss"], "steps": result["steps"], "seconds": result["seconds"],
-                      "resumed_from": result["resumed_from"]}}
-    save_torch(out, ckpt, _prov(config, "mstep", experiment=experiment, variant=variant, iteration=iteration))
+            "train": {"loss": result["loss"], "steps": result["steps"]}}
+    save_torch(out, ckpt, _prov(config, "mstep", experiment=experiment, variant=variant, iteration=iteration),
+               runtime={"seconds": result["seconds"], "resumed_from": result["resumed_from"]})
     Path(str(out) + ".resume.pt").unlink(missing_ok=True)
     Path(str(out) + ".resume.pt.prov.json").unlink(missing_ok=True)
 
@@ -160,8 +161,9 @@ def prior_samples(config: dict[str, Any], experiment: str, variant: str, iterati
         x_T = schedule.sigma_max * torch.randn((ev["n_samples"], *prior.x_shape), generator=gen)
         x = sample(prior.denoiser, x_T, schedule, ev["steps"], ev["sampler"], corrections=ev.get("corrections", 0),
                    tau=ev.get("tau", 0.1), generator=gen)
-    save_h5(out, {"x": x.float()}, attrs={"iteration": iteration, "seconds": time.perf_counter() - start},
-            provenance=_prov(config, "prior_samples", experiment=experiment, variant=variant, iteration=iteration))
+    save_h5(out, {"x": x.float()}, attrs={"iteration": iteration},
+            provenance=_prov(config, "prior_samples", experiment=experiment, variant=variant, iteration=iteration),
+            runtime={"seconds": time.perf_counter() - start})
 
 
 def fig2(config: dict[str, Any], out_csv: str, out_png: str) -> None:

@@ -95,7 +95,7 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
         sched.step()
         if ema is not None:
             ema.update(denoiser)
-        running.append(float(loss))
+        running.append(loss.item())
         if len(running) == chunk:
             losses.append(sum(running) / len(running))
             running = []

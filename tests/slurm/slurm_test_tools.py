@@ -6,7 +6,8 @@ Two sub-commands, both stdlib + PyYAML only:
     (which rules get GPUs, the `attempt`-scaled expressions, retries); only what a 2-core CI machine
     cannot grant is shrunk: every ``mem_mb`` expression E becomes ``max(1, int((E) * s))`` with one
     scale s chosen so the largest request at the last attempt fits half the node, ``cpus_per_task``
-    becomes 1, and local-cluster settings are added (partition, squeue status, short polling, kept logs).
+    and ``set-threads`` become 1, site keys (partition, account, qos, constraint, gpu_model) are
+    dropped, and local-cluster settings are added (partition, squeue status, short polling, kept logs).
 
 ``check``  Compare what SLURM actually ran (``scontrol -o show job`` dump; the test cluster keeps
     finished jobs for an hour via MinJobAge) against the dry-run plan and the derived profile, and print
@@ -56,6 +57,8 @@ def make_profile(src: Path, dst_dir: Path, node_mem_mb: int, partition: str, log
             b["cpus_per_task"] = 1
         for site_key in ("slurm_partition", "slurm_account", "qos", "constraint", "gpu_model"):
             b.pop(site_key, None)  # a real site's values mean nothing on the test cluster
+    # Commands' --threads follow the 1 CPU each job now gets.
+    prof["set-threads"] = {rule: 1 for rule in prof.get("set-threads", {})}
     prof["default-resources"]["slurm_partition"] = partition
     prof.pop("configfiles", None)  # the test passes its tiny config on the command line
     prof.update(
@@ -76,15 +79,9 @@ def make_profile(src: Path, dst_dir: Path, node_mem_mb: int, partition: str, log
     return meta
 
 
-def parse_plan(text: str) -> tuple[Counter, set[str]]:
-    """Jobs per rule and the set of local rules from a ``snakemake -n`` log."""
-    counts: Counter = Counter()
-    local: set[str] = set()
-    for m in re.finditer(r"^(local)?rule (\w+):\s*$", text, flags=re.M):
-        counts[m.group(2)] += 1
-        if m.group(1):
-            local.add(m.group(2))
-    return counts, local
+def parse_plan(text: str) -> Counter:
+    """Jobs per rule from a ``snakemake -n`` log (a dry run prints every job as ``rule NAME:``)."""
+    return Counter(m.group(1) for m in re.finditer(r"^(?:local)?rule (\w+):\s*$", text, flags=re.M))
 
 
 def parse_scontrol(text: str) -> list[dict[str, str]]:
@@ -117,9 +114,14 @@ def time_to_min(val: str) -> float:
     return int(days or 0) * 1440 + parts[0] * 60 + parts[1] + parts[2] / 60
 
 
-def tres_gpus(tres: str) -> int:
-    m = re.search(r"gres/gpu(?::[^=,]+)?=(\d+)", tres)
-    return int(m.group(1)) if m else 0
+def job_gpus(job: dict[str, str]) -> int:
+    """GPUs requested by a job: ``--gpus=[model:]N`` shows as TresPerJob=gres:gpu[:model]:N,
+    ``--gres=gpu:N`` as TresPerNode=gres:gpu:N (slurm 22.05 ``scontrol -o show job``)."""
+    for key in ("TresPerJob", "TresPerNode", "TRES"):
+        m = re.search(r"gres[:/]gpu(?::[\w.-]+)?[:=](\d+)", job.get(key, ""))
+        if m:
+            return int(m.group(1))
+    return 0
 
 
 def check(args: argparse.Namespace) -> int:
@@ -132,7 +134,9 @@ def check(args: argparse.Namespace) -> int:
     meta = json.loads((args.profile_dir / "meta.json").read_text())
     set_res: dict[str, dict] = prof.get("set-resources", {})
     gpu_rules = {r for r, res in set_res.items() if any(k in res for k in GPU_KEYS)}
-    planned, local = parse_plan(args.plan.read_text())
+    planned = parse_plan(args.plan.read_text())
+    local = {r for r in args.expect_local.split(",") if r}
+    run_log = args.run_log.read_text()
     jobs = parse_scontrol(args.jobs.read_text())
     for j in jobs:
         m = re.match(r"rule_(\w+?)(?:_wildcards_(.*))?$", j.get("Comment", ""))
@@ -149,13 +153,17 @@ def check(args: argparse.Namespace) -> int:
            f"completed={dict(done)} planned={remote_planned}")
     submitted_local = sorted({j["rule"] for j in jobs} & local)
     record(not submitted_local, "localrules never go through sbatch", f"submitted: {submitted_local}")
+    ran_local = {m.group(1) for m in re.finditer(r"^localrule (\w+):\s*$", run_log, flags=re.M)}
+    missing_local = sorted((set(planned) & local) - ran_local)
+    record(not missing_local, f"localrules ran on the submit host: {sorted(set(planned) & local)}",
+           f"not seen as localrule: {missing_local}")
     leftover = [j["JobId"] for j in jobs if j.get("JobState") not in ("COMPLETED", "FAILED")]
     record(not leftover, "no job left pending/running/cancelled", str(leftover))
 
     bad_gpu = [
-        (j["JobId"], j["rule"], j.get("TRES", ""))
+        (j["JobId"], j["rule"], j.get("TresPerJob", ""))
         for j in jobs
-        if (tres_gpus(j.get("TRES", "")) > 0) != (j["rule"] in gpu_rules)
+        if (job_gpus(j) > 0) != (j["rule"] in gpu_rules)
     ]
     ran_gpu = sorted({j["rule"] for j in jobs} & gpu_rules)
     record(not bad_gpu, f"GPU allocated exactly to GPU rules (ran: {ran_gpu})", str(bad_gpu))
@@ -197,7 +205,8 @@ def check(args: argparse.Namespace) -> int:
         _check_plumbing(args, jobs, by_key, meta, record)
 
     for ok, name, detail in results:
-        print(f"PASS {name}" if ok else f"FAIL {name}: {detail}")
+        short = f" ({detail})" if detail and len(detail) < 160 else ""
+        print(f"PASS {name}{short}" if ok else f"FAIL {name}: {detail}")
     return 0
 
 
@@ -224,9 +233,14 @@ def _check_plumbing(args, jobs, by_key, meta, record) -> None:
     record(attempts == {"init_prior": 1, "estep_shard_0": 2, "estep_shard_1": 2},
            "estep_shard succeeded on attempt 2 after a planned failure", str(attempts))
     e0 = [j for (rule, _), js in by_key.items() if rule == "estep_shard" for j in js]
-    states = sorted((j["JobState"], j.get("ExitCode")) for j in e0)
-    record(states == [("COMPLETED", "0:0")] * 2 + [("FAILED", "3:0")] * 2,
-           "estep_shard: 2 FAILED (exit 3) + 2 COMPLETED SLURM jobs", str(states))
+    states = sorted((j["JobState"], j.get("ExitCode") == "0:0") for j in e0)
+    record(states == [("COMPLETED", True)] * 2 + [("FAILED", False)] * 2,
+           "estep_shard: 2 FAILED (nonzero exit) + 2 COMPLETED SLURM jobs", str(states))
+    # The failed attempts' SLURM logs are kept and hold the rule's own stderr.
+    logs = {p.stem: p.read_text(errors="replace") for p in Path(args.logdir).rglob("*.log")}
+    failed_ids = [j["JobId"] for j in e0 if j["JobState"] == "FAILED"]
+    record(failed_ids and all("planned failure on attempt 1" in logs.get(i, "") for i in failed_ids),
+           "failed attempts' SLURM logs hold the rule's stderr", str(failed_ids))
     # Growth across attempts as seen by SLURM, and the value snakemake handed the job on the retry.
     grew = []
     for (rule, wc), js in by_key.items():
@@ -250,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     mp.add_argument("--logdir", required=True)
     ck = sub.add_parser("check")
     ck.add_argument("--profile-dir", type=Path, required=True)
-    ck.add_argument("--plan", type=Path, required=True)
+    ck.add_argument("--plan", type=Path, required=True, help="snakemake --dry-run log")
+    ck.add_argument("--run-log", type=Path, required=True, help="log of the real snakemake run")
+    ck.add_argument("--expect-local", default="", help="comma-separated rules that must run locally")
     ck.add_argument("--jobs", type=Path, required=True)
     ck.add_argument("--logdir", type=Path, required=True)
     ck.add_argument("--workdir", type=Path, required=True)

@@ -3,27 +3,30 @@
 For weighted point clouds a = sum_i a_i delta_{x_i}, b = sum_j b_j delta_{y_j} (weights summing to
 one) and cost C_ij = |x_i - y_j|^2, the entropic transport plan is
 
-    P = argmin_{P in Pi(a, b)} <P, C> + reg KL(P | a (x) b).
+    P = argmin_{P in Pi(a, b)} <P, C> + reg KL(P | a (x) b),    P_ij = a_i b_j exp((f_i + g_j - C_ij) / reg)
 
-Two values of a plan are in use:
+with dual potentials f, g. Two values of it are in use:
 
-- ``objective="transport"``: T_reg(a, b) = <P, C>, the linear transport cost of the entropic plan.
-  This is what POT's ``sinkhorn2`` / ``empirical_sinkhorn_divergence`` return and what the
-  official DiEM code reports (POT ``sinkhorn_log``, reg 1e-3, 1024 iterations, stopThr 1e-3).
-- ``objective="entropic"``: OT_reg(a, b) = <P, C> + reg KL(P | a (x) b), the full primal value
-  (= <a, f> + <b, g> at the dual optimum); its debiased version is the Sinkhorn divergence of
-  Feydy et al. (2019), which is >= 0 and vanishes only for a = b.
+- ``objective="entropic"`` (default): OT_reg(a, b) = <P, C> + reg KL(P | a (x) b) = <a, f> + <b, g>.
+  Its debiased version is the Sinkhorn divergence of Feydy et al. (2019): >= 0, zero only for
+  a = b, and -> W2^2(a, b) as reg -> 0. The value is stationary in (f, g), so the few-percent
+  marginal errors left by epsilon-scaling change it only to second order (<~0.5 % in the tests).
+- ``objective="transport"``: T_reg(a, b) = <P, C>, the linear cost of the entropic plan. This is what
+  POT's ``sinkhorn2`` / ``empirical_sinkhorn_divergence`` return and what the official DiEM code
+  reports. It is first-order sensitive to marginal errors, so the GeomLoss potentials are polished by
+  plain Sinkhorn iterations at eps = reg until the plan's L1 marginal error is below ``tol`` (slow at
+  small reg: thousands of iterations for tol = 1e-3 at reg = 1e-3).
 
-The debiased divergence is S(a, b) = V(a, b) - (V(a, a) + V(b, b)) / 2 for either value V. Both
-tend to the squared 2-Wasserstein distance W2^2(a, b) as reg -> 0. Unlike POT, nothing is clamped
-at zero here: a slightly negative "transport" divergence is reported as such.
+The debiased divergence is S(a, b) = V(a, b) - (V(a, a) + V(b, b)) / 2 for either value V. Nothing is
+clamped at zero (POT clamps; the official DiEM code clamps at 1e-6, see :func:`debiased_to_reference`).
 
-Backends: ``"geomloss"`` (default) runs GeomLoss' tensorized log-domain Sinkhorn with
-epsilon-scaling, which converges in ~log(diameter^2 / reg) / log(1 / scaling^2) iterations even at
-reg = 1e-3. GeomLoss' cost is |x - y|^2 / 2, so its temperature is eps = blur^2 = reg / 2 and its
-values are doubled to return squared-Euclidean units. ``"pot"`` runs POT's ``sinkhorn_log`` without
-epsilon-scaling (the official DiEM setting; slow and possibly unconverged at small reg, but a
-reference for tests). Both hold dense (n, m) cost matrices: memory O(n m).
+Backends: ``"geomloss"`` (default) runs GeomLoss' tensorized log-domain Sinkhorn with epsilon-scaling
+(~log(diameter^2 / reg) / log(1 / scaling^2) iterations, so reg = 1e-3 stays cheap). GeomLoss' cost is
+|x - y|^2 / 2 with temperature blur^2, so blur^2 = reg / 2 gives our problem and its potentials and
+values are doubled into squared-Euclidean units. ``"pot"`` runs POT's ``sinkhorn_log`` without
+epsilon-scaling (the official setting; slow, possibly unconverged at small reg, ``tol`` is POT's
+stopThr), kept for small problems and as the test reference. Both hold dense (n, m) cost matrices:
+memory O(n m).
 """
 
 from __future__ import annotations
@@ -45,15 +48,15 @@ _CHUNK = 1024  # rows of the plan materialised at once when summing <P, C>
 
 def _points(x: Any, name: str) -> torch.Tensor:
     """(n, *event) array/tensor -> (n, d) float64 CPU tensor."""
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x.detach())
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     t = t.to(device="cpu", dtype=torch.float64)
     if t.ndim < 2:
-        raise ValueError(f"{name} must have shape (n, *event_shape), got {tuple(t.shape)}")
+        raise ValueError(f"{name}: expected shape (n, *event_shape), got {tuple(t.shape)}")
     if t.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+        raise ValueError(f"{name}: no points (shape {tuple(t.shape)})")
     t = t.reshape(t.shape[0], -1).contiguous()
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or Inf")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: contains NaN or Inf")
     return t
 
 
@@ -61,33 +64,42 @@ def _weights(w: Any, n: int, name: str) -> torch.Tensor:
     """None -> uniform; else non-negative finite (n,) weights with a positive sum, normalised."""
     if w is None:
         return torch.full((n,), 1.0 / n, dtype=torch.float64)
-    t = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w.detach())
+    t = w.detach() if isinstance(w, torch.Tensor) else torch.as_tensor(np.asarray(w))
     t = t.to(device="cpu", dtype=torch.float64).reshape(-1)
     if t.shape[0] != n:
-        raise ValueError(f"{name} has {t.shape[0]} weights for {n} points")
-    if not torch.isfinite(t).all() or (t < 0).any():
-        raise ValueError(f"{name} must be finite and >= 0")
-    total = t.sum()
-    if total <= 0:
-        raise ValueError(f"{name} sums to {float(total)}; need a positive total weight")
+        raise ValueError(f"{name}: {t.shape[0]} weights for {n} points")
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise ValueError(f"{name}: weights must be finite and >= 0")
+    total = float(t.sum())
+    if not total > 0:
+        raise ValueError(f"{name}: weights sum to {total}; need a positive total")
     return t / total
 
 
-def _check(reg: float, backend: str, objective: str) -> None:
-    if not (isinstance(reg, (int, float, np.floating)) and math.isfinite(float(reg)) and reg > 0):
-        raise ValueError(f"reg must be a finite number > 0, got {reg!r}")
+def _check(reg: float, backend: str, objective: str, scaling: float, max_iter: int, tol: float) -> None:
+    if isinstance(reg, bool) or not isinstance(reg, (int, float, np.floating, np.integer)) \
+            or not (math.isfinite(float(reg)) and reg > 0):
+        raise ValueError(f"reg: must be a finite number > 0, got {reg!r}")
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"backend: must be one of {BACKENDS}, got {backend!r}")
     if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        raise ValueError(f"objective: must be one of {OBJECTIVES}, got {objective!r}")
+    if not (0 < scaling < 1):
+        raise ValueError(f"scaling: must be in (0, 1), got {scaling!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter: must be an integer >= 1, got {max_iter!r}")
+    if not (tol > 0):
+        raise ValueError(f"tol: must be > 0, got {tol!r}")
 
 
-def _support(x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop zero-weight atoms: they carry no mass and make log-weights -inf."""
-    keep = a > 0
-    if bool(keep.all()):
-        return x, a
-    return x[keep], a[keep]
+def _prepare(x: Any, y: Any, a: Any, b: Any) -> tuple[torch.Tensor, ...]:
+    x, y = _points(x, "x"), _points(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"y: event size {y.shape[1]} differs from x's {x.shape[1]}")
+    a, b = _weights(a, x.shape[0], "a"), _weights(b, y.shape[0], "b")
+    # Zero-weight atoms carry no mass; dropping them keeps every log-weight finite.
+    keep_a, keep_b = a > 0, b > 0
+    return x[keep_a], y[keep_b], a[keep_a], b[keep_b]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,38 +111,56 @@ def _sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
 
 
-def _plan_values(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                 f: torch.Tensor, g: torch.Tensor, reg: float) -> tuple[float, float]:
-    """(<P, C>, KL(P | a b)) for the plan P_ij = a_i b_j exp((f_i + g_j - C_ij) / reg)."""
-    transport = torch.zeros((), dtype=torch.float64)
-    kl = torch.zeros((), dtype=torch.float64)
+def _polish(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, f: torch.Tensor,
+            g: torch.Tensor, reg: float, max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-domain Sinkhorn at eps = reg from warm-start potentials.
+
+    Alternates f = -reg LSE_j(log b_j + (g_j - C_ij) / reg) and the symmetric g-update; after a
+    g-update the second marginal is exact and the first one's L1 error is
+    sum_i a_i |exp((f_i - f_i^new) / reg) - 1|, which stops the loop once below ``tol``.
+    """
+    cost = _sq_dist(x, y)
+    log_a, log_b = a.log(), b.log()
+    for _ in range(max_iter):
+        f_new = -reg * torch.logsumexp(log_b[None, :] + (g[None, :] - cost) / reg, dim=1)
+        err = float((a * torch.expm1((f - f_new) / reg).abs()).sum())
+        f = f_new
+        if err < tol:
+            break
+        g = -reg * torch.logsumexp(log_a[:, None] + (f[:, None] - cost) / reg, dim=0)
+    return f, g
+
+
+def _transport_cost(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                    f: torch.Tensor, g: torch.Tensor, reg: float) -> float:
+    """<P, C> for P_ij = a_i b_j exp((f_i + g_j - C_ij) / reg), summed in row blocks."""
+    total = 0.0
     log_b = b.log()
     for start in range(0, x.shape[0], _CHUNK):
         sl = slice(start, start + _CHUNK)
         cost = _sq_dist(x[sl], y)
-        log_density = (f[sl, None] + g[None, :] - cost) / reg  # log dP / d(a b)
-        plan = torch.exp(a[sl].log()[:, None] + log_b[None, :] + log_density)
-        transport = transport + (plan * cost).sum()
-        kl = kl + (plan * log_density).sum()
-    return float(transport), float(kl)
+        plan = torch.exp(a[sl].log()[:, None] + log_b[None, :] + (f[sl, None] + g[None, :] - cost) / reg)
+        total += float((plan * cost).sum())
+    return total
+
+
+def _samples_loss(reg: float, scaling: float, debias: bool, potentials: bool):
+    from geomloss import SamplesLoss
+
+    # GeomLoss: cost |x - y|^2 / 2 and temperature blur^2 = reg / 2 <=> our cost and reg, halved.
+    return SamplesLoss("sinkhorn", p=2, blur=math.sqrt(reg / 2), scaling=scaling, debias=debias,
+                       potentials=potentials, backend="tensorized")
 
 
 def _geomloss_ot(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: float,
-                 objective: str, scaling: float) -> float:
-    from geomloss import SamplesLoss
-
-    # GeomLoss' cost is |x - y|^2 / 2 with temperature blur^2: blur^2 = reg / 2 reproduces
-    # reg KL with the full squared distance, and potentials double into our units.
-    loss = SamplesLoss("sinkhorn", p=2, blur=math.sqrt(reg / 2), scaling=scaling, debias=False,
-                       potentials=True, backend="tensorized")
+                 objective: str, scaling: float, max_iter: int, tol: float) -> float:
     with torch.no_grad():
-        f, g = loss(a, x, b, y)
+        f, g = _samples_loss(reg, scaling, debias=False, potentials=True)(a, x, b, y)
     f, g = 2 * f.reshape(-1), 2 * g.reshape(-1)
     if objective == "entropic":
-        # Dual value <a, f> + <b, g> = <P, C> + reg KL(P | a b) at the optimum.
         return float(a @ f + b @ g)
-    transport, _ = _plan_values(x, y, a, b, f, g, reg)
-    return transport
+    f, g = _polish(x, y, a, b, f, g, reg, max_iter, tol)
+    return _transport_cost(x, y, a, b, f, g, reg)
 
 
 def _pot_ot(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: float,
@@ -138,32 +168,21 @@ def _pot_ot(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, 
     import ot
 
     cost = _sq_dist(x, y).numpy()
-    plan = ot.sinkhorn(a.numpy(), b.numpy(), cost, reg, method="sinkhorn_log",
-                       numItermax=max_iter, stopThr=tol)
+    a_np, b_np = a.numpy(), b.numpy()
+    plan = ot.sinkhorn(a_np, b_np, cost, reg, method="sinkhorn_log", numItermax=max_iter, stopThr=tol)
     transport = float((plan * cost).sum())
     if objective == "transport":
         return transport
-    ab = a.numpy()[:, None] * b.numpy()[None, :]
-    pos = plan > 0
-    kl = float((plan[pos] * np.log(plan[pos] / ab[pos])).sum())
-    return transport + reg * kl
+    ab = a_np[:, None] * b_np[None, :]
+    pos = plan > 0  # 0 log 0 = 0
+    return transport + reg * float((plan[pos] * np.log(plan[pos] / ab[pos])).sum())
 
 
 def _ot(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: float,
         backend: str, objective: str, scaling: float, max_iter: int, tol: float) -> float:
     if backend == "geomloss":
-        return _geomloss_ot(x, y, a, b, reg, objective, scaling)
+        return _geomloss_ot(x, y, a, b, reg, objective, scaling, max_iter, tol)
     return _pot_ot(x, y, a, b, reg, objective, max_iter, tol)
-
-
-def _prepare(x: Any, y: Any, a: Any, b: Any) -> tuple[torch.Tensor, ...]:
-    x, y = _points(x, "x"), _points(y, "y")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y have different event sizes: {x.shape[1]} vs {y.shape[1]}")
-    a, b = _weights(a, x.shape[0], "a"), _weights(b, y.shape[0], "b")
-    x, a = _support(x, a)
-    y, b = _support(y, b)
-    return x, y, a, b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +190,7 @@ def _prepare(x: Any, y: Any, a: Any, b: Any) -> tuple[torch.Tensor, ...]:
 # ---------------------------------------------------------------------------------------------
 
 def regularized_ot(x: Any, y: Any, reg: float = 1e-3, a: Any = None, b: Any = None,
-                   backend: str = "geomloss", objective: str = "transport", scaling: float = 0.9,
+                   backend: str = "geomloss", objective: str = "entropic", scaling: float = 0.9,
                    max_iter: int = 1024, tol: float = 1e-3) -> float:
     """The (biased) entropic OT value V_reg(a, b) between weighted point clouds.
 
@@ -180,66 +199,61 @@ def regularized_ot(x: Any, y: Any, reg: float = 1e-3, a: Any = None, b: Any = No
         reg: entropic regularisation, in squared-distance units (POT's ``reg``).
         a, b: non-negative weights (n,), (m,); uniform if None; normalised to sum to one.
         backend: "geomloss" (epsilon-scaling, fast) or "pot" (``sinkhorn_log``, no scaling).
-        objective: "transport" (<P, C>, as POT's sinkhorn2) or "entropic" (<P, C> + reg KL).
+        objective: "entropic" (<P, C> + reg KL) or "transport" (<P, C>, as POT's sinkhorn2).
         scaling: GeomLoss' ratio between successive blur radii (closer to 1: more iterations).
-        max_iter, tol: POT's ``numItermax`` and ``stopThr``.
+        max_iter, tol: iteration cap and tolerance of POT (``numItermax``, ``stopThr``) or of the
+            polishing iterations of the geomloss "transport" objective (L1 marginal error).
     """
-    _check(reg, backend, objective)
+    _check(reg, backend, objective, scaling, max_iter, tol)
     x, y, a, b = _prepare(x, y, a, b)
-    return _ot(x, y, a, b, float(reg), backend, objective, scaling, max_iter, tol)
+    return _ot(x, y, a, b, float(reg), backend, objective, scaling, int(max_iter), float(tol))
 
 
 def sinkhorn_divergence(x: Any, y: Any, reg: float = 1e-3, a: Any = None, b: Any = None,
-                        backend: str = "geomloss", objective: str = "transport", scaling: float = 0.9,
+                        backend: str = "geomloss", objective: str = "entropic", scaling: float = 0.9,
                         max_iter: int = 1024, tol: float = 1e-3) -> float:
     """Debiased Sinkhorn divergence S(a, b) = V(a, b) - (V(a, a) + V(b, b)) / 2.
 
-    V is :func:`regularized_ot` with the same arguments. S(a, a) = 0 exactly (the three problems
-    are then identical), and S -> W2^2(a, b) as reg -> 0.
+    V is :func:`regularized_ot` with the same arguments. S(a, a) = 0 exactly (the three problems are
+    then identical), and S -> W2^2(a, b) as reg -> 0.
     """
-    _check(reg, backend, objective)
+    _check(reg, backend, objective, scaling, max_iter, tol)
     x, y, a, b = _prepare(x, y, a, b)
     reg = float(reg)
-    if (objective == "entropic" and backend == "geomloss"):
-        # One GeomLoss loop solves the three problems together (symmetric updates for aa, bb).
-        from geomloss import SamplesLoss
-
-        loss = SamplesLoss("sinkhorn", p=2, blur=math.sqrt(reg / 2), scaling=scaling, debias=True,
-                           backend="tensorized")
+    if objective == "entropic" and backend == "geomloss":
+        # One GeomLoss loop solves the three problems together (symmetric updates for aa and bb).
         with torch.no_grad():
-            return 2 * float(loss(a, x, b, y))
-    args = (reg, backend, objective, scaling, max_iter, tol)
-    v_ab = _ot(x, y, a, b, *args)
-    v_aa = _ot(x, x, a, a, *args)
-    v_bb = _ot(y, y, b, b, *args)
-    return v_ab - 0.5 * (v_aa + v_bb)
+            return 2 * float(_samples_loss(reg, scaling, debias=True, potentials=False)(a, x, b, y))
+    args = (reg, backend, objective, scaling, int(max_iter), float(tol))
+    return _ot(x, y, a, b, *args) - 0.5 * (_ot(x, x, a, a, *args) + _ot(y, y, b, b, *args))
 
 
 def debiased_to_reference(q: Any, p: Any, reg: float = 1e-3, rng: np.random.Generator | None = None,
-                          kind: str = "official", **kw: Any) -> float:
-    """Distance of model samples ``q`` to reference samples ``p``, corrected by the p-to-p floor.
+                          kind: str = "divergence", **kw: Any) -> float:
+    """Distance of model samples ``q`` to reference samples ``p``, minus the p-to-p floor.
 
-    ``p`` is split into two halves p1, p2 of m = len(p) // 2 points (a random split if ``rng`` is
-    given, else first and second half) and ``q`` is cut to its first m points (the official code
-    compares 16384 vs 16384), so the finite-sample floor is measured at the same size:
+    ``p`` is split into halves p1, p2 of m = len(p) // 2 points (a random split if ``rng`` is given,
+    else first and second half) and ``q`` is cut to its first m points, so the finite-sample floor
+    is measured at the size of the comparison (the official code compares 16384 vs 16384).
 
-    - ``kind="official"`` (the official DiEM report): max(T(p1, q) - T(p1, p2), 1e-6) with T the
-      biased :func:`regularized_ot` (objective "transport" unless given in ``kw``).
-    - ``kind="divergence"``: S(q, p1) - S(p1, p2) with S the :func:`sinkhorn_divergence`; not
-      clamped.
+    - ``kind="divergence"``: S(q, p1) - S(p1, p2) with S the :func:`sinkhorn_divergence`
+      (entropic by default); not clamped, so it can dip below zero when q is as good as p2.
+    - ``kind="official"``: what the official DiEM code computes, max(T(p1, q) - T(p1, p2), 1e-6)
+      with T the biased *transport* value of the entropic plan (:func:`regularized_ot`,
+      objective "transport"); slow at small reg on the geomloss backend (see module docstring).
 
-    ``kw`` goes to :func:`regularized_ot` / :func:`sinkhorn_divergence` (backend, objective, ...).
+    ``kw`` goes to :func:`regularized_ot` / :func:`sinkhorn_divergence` (backend, scaling, ...).
     """
     if kind not in ("official", "divergence"):
-        raise ValueError(f"kind must be 'official' or 'divergence', got {kind!r}")
+        raise ValueError(f"kind: must be 'official' or 'divergence', got {kind!r}")
     q_t, p_t = _points(q, "q"), _points(p, "p")
     m = p_t.shape[0] // 2
     if m < 1:
-        raise ValueError(f"p needs at least 2 points to split into halves, got {p_t.shape[0]}")
+        raise ValueError(f"p: need at least 2 points to split into halves, got {p_t.shape[0]}")
     order = torch.as_tensor(rng.permutation(p_t.shape[0])) if rng is not None else torch.arange(p_t.shape[0])
     p1, p2 = p_t[order[:m]], p_t[order[m:2 * m]]
     q_t = q_t[:m]
     if kind == "official":
-        floor = regularized_ot(p1, p2, reg, **kw)
-        return max(regularized_ot(p1, q_t, reg, **kw) - floor, 1e-6)
+        kw.setdefault("objective", "transport")
+        return max(regularized_ot(p1, q_t, reg, **kw) - regularized_ot(p1, p2, reg, **kw), 1e-6)
     return sinkhorn_divergence(q_t, p1, reg, **kw) - sinkhorn_divergence(p1, p2, reg, **kw)

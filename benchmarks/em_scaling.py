@@ -1,0 +1,126 @@
+"""Benchmarks of the EM machinery (issue: E-step scaling, M-step overhead). Not part of the tests.
+
+    python benchmarks/em_scaling.py [--experiment digits] [--config config/config.yaml]
+
+1. E-step: the same E-step (iteration 1, q_0 Gaussian) as ONE shard in one process vs TWO shards in two
+   concurrent processes (what `snakemake -c 2` does); speed-up = t(1 shard) / t(2 shards). Goal >= 1.8x.
+2. M-step: steps/second of emprior.training.train_denoiser vs a bare PyTorch loop (same net, batch,
+   optimiser and DSM loss, no EMA/clipping/checkpoint/logging); ratio goal >= 95 %.
+Both are measured side by side in one run; results are printed and written to benchmarks/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def prepare(cfg: dict, experiment: str, workdir: Path) -> tuple[Path, Path, Path]:
+    from emprior import steps
+
+    cfg_path = workdir / "config.json"
+    cfg_path.write_text(json.dumps(cfg))
+    clean, obs, model = workdir / "clean.h5", workdir / "observations.h5", workdir / "iter_000.pt"
+    steps.dataset(cfg, experiment, str(clean))
+    steps.observe(cfg, experiment, str(clean), str(obs))
+    variant = next(iter(cfg["experiments"][experiment]["variants"]))
+    steps.init_prior(cfg, experiment, variant, str(obs), str(model))
+    return cfg_path, obs, model
+
+
+def estep_cmd(cfg_path: Path, experiment: str, variant: str, shard: int, model: Path, obs: Path, out: Path):
+    return [sys.executable, "-m", "emprior", "estep", "--config", str(cfg_path), "--experiment", experiment,
+            "--variant", variant, "--iteration", "1", "--shard", str(shard), "--model", str(model),
+            "--observations", str(obs), "--out", str(out), "--threads", "1"]
+
+
+def bench_estep(cfg: dict, experiment: str, workdir: Path) -> dict:
+    variant = next(iter(cfg["experiments"][experiment]["variants"]))
+    times = {}
+    for shards in (1, 2):
+        c = copy.deepcopy(cfg)
+        c["experiments"][experiment]["estep"]["shards"] = shards
+        cfg_path, obs, model = prepare(c, experiment, workdir / f"s{shards}")
+        start = time.perf_counter()
+        procs = [subprocess.Popen(estep_cmd(cfg_path, experiment, variant, j, model, obs,
+                                            workdir / f"s{shards}" / f"shard_{j}.h5"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for j in range(shards)]
+        codes = [p.wait() for p in procs]
+        times[shards] = time.perf_counter() - start
+        assert codes == [0] * shards, codes
+    return {"estep_1_shard_s": times[1], "estep_2_shards_s": times[2], "estep_speedup": times[1] / times[2]}
+
+
+def bench_mstep(cfg: dict, experiment: str, steps: int = 300) -> dict:
+    from emprior.diffusion import Schedule, dsm_loss
+    from emprior.nets import build_denoiser
+    from emprior.training import train_denoiser
+
+    torch.set_num_threads(1)
+    exp = cfg["experiments"][experiment]
+    x_shape = (1, 8, 8) if exp["dataset"]["name"] == "digits" else (exp["dataset"].get("dim", 5),)
+    data = torch.randn(2048, *x_shape)
+    schedule = Schedule(**exp["schedule"])
+    mstep = dict(exp["mstep"], steps=steps)
+    mstep.pop("epochs", None)
+    rates = {"emprior": [], "bare": []}
+    for _ in range(3):  # interleaved repeats
+        torch.manual_seed(0)
+        net = build_denoiser(dict(exp["denoiser"]), x_shape)
+        g = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        train_denoiser(net, data, schedule, mstep, g)
+        rates["emprior"].append(steps / (time.perf_counter() - t0))
+
+        torch.manual_seed(0)
+        net = build_denoiser(dict(exp["denoiser"]), x_shape)
+        g = torch.Generator().manual_seed(0)
+        opt = torch.optim.Adam(net.parameters(), lr=mstep["lr"])
+        params = list(net.parameters())
+        shadow = [p.detach().clone() for p in params]
+        decay, clip = mstep.get("ema_decay"), mstep.get("clip")
+        t0 = time.perf_counter()
+        for _ in range(steps):  # the same math as train_denoiser, written as plainly as possible
+            i = torch.randint(0, len(data), (mstep["batch_size"],), generator=g)
+            loss = dsm_loss(net, data[i], schedule, generator=g)
+            opt.zero_grad()
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            if decay:
+                with torch.no_grad():
+                    torch._foreach_lerp_(shadow, params, 1 - decay)
+        rates["bare"].append(steps / (time.perf_counter() - t0))
+    med = {k: sorted(v)[1] for k, v in rates.items()}
+    return {"mstep_steps_per_s_emprior": med["emprior"], "mstep_steps_per_s_bare": med["bare"],
+            "mstep_throughput_ratio": med["emprior"] / med["bare"]}
+
+
+def main() -> None:
+    from emprior.config import load_config
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=str(REPO / "config" / "config.yaml"))
+    ap.add_argument("--experiment", default="digits")
+    args = ap.parse_args()
+    cfg = load_config(args.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        res = {"experiment": args.experiment, **bench_estep(cfg, args.experiment, Path(tmp)),
+               **bench_mstep(cfg, args.experiment)}
+    print(json.dumps(res, indent=2))
+    (REPO / "benchmarks" / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

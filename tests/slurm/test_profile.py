@@ -1,0 +1,115 @@
+"""The SLURM profile (slurm/config.yaml) without a cluster: its structure, its attempt-scaled
+resources, the test-profile derivation and the job-audit parsers used by .ci/slurm-test.sh, and one
+snakemake dry run of the plumbing workflow that shows what sbatch would be asked for.
+
+The real cluster run is .ci/slurm-test.sh (root + apt; `make slurm-test`)."""
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = REPO / "slurm" / "config.yaml"
+GPU_RULES = {"estep_shard", "mstep", "prior_samples", "iteration_metrics", "sampler_benchmark", "cost_benchmark"}
+# Rules that must never receive a GPU (login-node localrules and the CPU-light rules).
+NON_GPU_RULES = {"dataset", "observe", "table1", "table4", "table5", "figures", "all", "init_prior",
+                 "gather_posterior", "fig2"}
+
+_spec = importlib.util.spec_from_file_location("slurm_test_tools", Path(__file__).with_name("slurm_test_tools.py"))
+tools = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tools)
+
+
+@pytest.fixture(scope="module")
+def profile() -> dict:
+    return yaml.safe_load(PROFILE.read_text())
+
+
+def test_profile_top_level_settings(profile):
+    assert profile["executor"] == "slurm"
+    assert profile["jobs"] == 100
+    assert profile["configfiles"] == ["config/paper.yaml"]
+    assert profile["retries"] == 2
+    assert profile["rerun-incomplete"] is True and profile["keep-going"] is True
+    assert profile["latency-wait"] >= 30
+
+
+def test_gpus_go_to_gpu_rules_only(profile):
+    set_res = profile["set-resources"]
+    assert set(set_res) == GPU_RULES
+    assert all(res["gpu"] == 1 for res in set_res.values())
+    assert not any(k in profile["default-resources"] for k in tools.GPU_KEYS)
+    assert not NON_GPU_RULES & set(set_res)
+
+
+def test_threads_match_cpus_per_task(profile):
+    # sbatch -c comes from cpus_per_task, the command's --threads from set-threads: they must agree.
+    assert profile["set-threads"] == {r: res["cpus_per_task"] for r, res in profile["set-resources"].items()}
+
+
+@pytest.mark.parametrize("key,base", [("mem_mb", 32000), ("runtime", 240)])
+def test_estep_resources_grow_linearly_with_attempt(profile, key, base):
+    expr = profile["set-resources"]["estep_shard"][key]
+    assert [tools.eval_resource(expr, a) for a in (1, 2, 3)] == [base, 2 * base, 3 * base]
+
+
+def test_every_mem_and_runtime_grows_per_attempt(profile):
+    blocks = [profile["default-resources"], *profile["set-resources"].values()]
+    for block in blocks:
+        for key in ("mem_mb", "runtime"):
+            vals = [tools.eval_resource(block[key], a) for a in (1, 2, 3)]
+            assert vals[0] > 0 and vals[0] < vals[1] < vals[2], (key, block[key], vals)
+
+
+def test_derived_test_profile_fits_the_node(tmp_path):
+    meta = tools.make_profile(PROFILE, tmp_path, node_mem_mb=8000, partition="debug", logdir="/tmp/x")
+    derived = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    # Peak request: mstep 64000 MB at attempt 3 -> scaled to half the node.
+    assert meta["last_attempt"] == 3
+    assert meta["scale"] == pytest.approx(4000 / 192000)
+    mstep = derived["set-resources"]["mstep"]
+    assert tools.eval_resource(mstep["mem_mb"], 3) == 4000
+    assert tools.eval_resource(mstep["mem_mb"], 1) == int(64000 * 4000 / 192000)
+    assert mstep["gpu"] == 1 and mstep["cpus_per_task"] == 1 and derived["set-threads"]["mstep"] == 1
+    assert tools.eval_resource(mstep["runtime"], 2) == 1440  # runtimes are kept
+    assert derived["default-resources"]["slurm_partition"] == "debug"
+    assert derived["slurm-status-command"] == "squeue" and "configfiles" not in derived
+    assert json.loads((tmp_path / "meta.json").read_text()) == meta
+
+
+def test_scontrol_parsers():
+    line = ("JobId=5 JobName=abc Comment=rule_estep_shard_wildcards_shard=1 JobState=COMPLETED ExitCode=0:0 "
+            "TimeLimit=1-02:03:00 MinMemoryNode=2G TRES=cpu=1,mem=2G,node=1,billing=1 TresPerJob=gres:gpu:1")
+    (job,) = tools.parse_scontrol("garbage\n" + line)
+    assert job["Comment"] == "rule_estep_shard_wildcards_shard=1"
+    assert tools.time_to_min(job["TimeLimit"]) == 1440 + 123
+    assert tools.time_to_min("00:30:00") == 30 and tools.time_to_min("5:00") == 5
+    assert tools.mem_to_mb(job["MinMemoryNode"]) == 2048 and tools.mem_to_mb("451M") == 451
+    assert tools.job_gpus(job) == 1
+    assert tools.job_gpus({"TresPerJob": "gres:gpu:a100:2"}) == 2
+    assert tools.job_gpus({"TresPerNode": "gres:gpu:1"}) == 1
+    assert tools.job_gpus({"TRES": "cpu=1,mem=10M,node=1"}) == 0
+
+
+@pytest.mark.slow
+def test_dry_run_shows_sbatch_resources(tmp_path):
+    """`snakemake --profile slurm -n` on the plumbing workflow (no SLURM binaries needed)."""
+    plumbing = REPO / "tests" / "slurm" / "plumbing"
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "slurm", "--workflow-profile", "none",
+         "-s", str(plumbing / "Snakefile"), "--configfiles", str(plumbing / "config.yaml"),
+         "-d", str(tmp_path), "-n", "all"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    res = dict(re.findall(r"^rule (\w+):.*?resources: ([^\n]+)", out.stdout, flags=re.M | re.S))
+    estep, init = res["estep_shard"], res["init_prior"]
+    assert "gpu=1" in estep and "mem_mb=32000" in estep and "runtime=240" in estep and "cpus_per_task=8" in estep
+    assert "gpu" not in init and "mem_mb=8000" in init and "runtime=60" in init and "cpus_per_task=2" in init
+    assert "Job stats" in out.stdout and re.search(r"estep_shard\s+2\n", out.stdout)
