@@ -1,4 +1,5 @@
-# Studies and benchmarks with known answers: Fig. 2 (posterior approximations on Gaussian mixtures).
+# Studies and benchmarks with known answers: Fig. 2 (posterior approximations on Gaussian mixtures),
+# Table 4 (posterior samplers vs an exact posterior) and Table 5 (cost of a sampling step).
 
 
 rule fig2:
@@ -20,4 +21,52 @@ rule fig2:
         f"{R}/benchmarks/fig2.tsv"
     shell:
         "{PY} fig2 --config {params.cfg} --out-csv {output.csv} --out-png {output.png}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# Paper Table 4 at CPU scale: samplers vs the exact posterior of an analytic (Gaussian-mixture) prior.
+rule table4:
+    output:
+        csv=f"{R}/tables/table4.csv",
+        md=f"{R}/tables/table4.md",
+    params:
+        cfg=lambda wc: _dump({"seed": config["seed"], "results": R, "metrics": config.get("metrics", {}),
+                              "sampler_benchmark": config["sampler_benchmark"], "experiments": {}}),
+    # one thread: the ops are small (8x8 images), and on a busy 2-core machine 2 threads ran 6-10x slower
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/table4.log",
+    benchmark:
+        f"{R}/benchmarks/table4.tsv"
+    shell:
+        "{PY} table4 --config {params.cfg} --out-csv {output.csv} --out-md {output.md}"
+        " --threads {threads} > {log} 2>&1"
+
+
+# Paper Table 5: time and peak memory of one posterior sampling step per method, ratios to DPS.
+# One thread and a job of its own would give the steadiest timings; ratios are what is compared.
+rule table5:
+    output:
+        csv=f"{R}/tables/table5.csv",
+        md=f"{R}/tables/table5.md",
+    params:
+        cfg=lambda wc: _dump({"seed": config["seed"], "results": R, "cost_benchmark": config["cost_benchmark"],
+                              "experiments": {}}),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/table5.log",
+    benchmark:
+        f"{R}/benchmarks/table5.tsv"
+    shell:
+        "{PY} table5 --config {params.cfg} --out-csv {output.csv} --out-md {output.md}"
         " --threads {threads} > {log} 2>&1"

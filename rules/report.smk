@@ -11,6 +11,10 @@ def report_targets():
     for name, exp in config["experiments"].items():
         if exp["dataset"]["name"] == "manifold":
             targets.append(f"{R}/figures/fig3_{name}.png")
+    if "sampler_benchmark" in config:
+        targets += [f"{R}/tables/table4.{ext}" for ext in ("csv", "md")]
+    if "cost_benchmark" in config:
+        targets += [f"{R}/tables/table5.{ext}" for ext in ("csv", "md")]
     if "table1" in config.get("tables", {}):
         targets += [f"{R}/tables/table1.{ext}" for ext in ("csv", "md", "tex")]
     return targets

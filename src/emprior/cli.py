@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-csv", required=True)
     p.add_argument("--out-png", required=True)
 
+    for name, what in (("table4", "paper Table 4 at CPU scale: posterior samplers on an exact-posterior benchmark"),
+                       ("table5", "paper Table 5: time and memory per sampling step, ratios to DPS")):
+        p = sub.add_parser(name, help=f"rule {name}: {what}")
+        _common(p, experiment=False)
+        p.add_argument("--out-csv", required=True)
+        p.add_argument("--out-md", required=True)
+
     p = sub.add_parser("table1", help="rule table1: final sample quality per variant vs paper Table 1")
     _common(p, experiment=False)
     p.add_argument("--out-csv", required=True)
@@ -166,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
                           args.clean, args.observations, args.posterior, args.out)
     elif c == "fig2":
         steps.fig2(config, args.out_csv, args.out_png)
+    elif c == "table4":
+        steps.table4(config, args.out_csv, args.out_md)
+    elif c == "table5":
+        steps.table5(config, args.out_csv, args.out_md)
     elif c == "table1":
         steps.table1(config, args.metrics, args.out_csv, args.out_md, args.out_tex)
     elif c == "figures":

@@ -76,10 +76,11 @@ def make_method(variant_cfg: dict[str, Any]):
 def _residual_ratio(op, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """||y - A x||^2 / (m Sigma_y) per observation: ~1 for samples consistent with the noise model.
 
-    m counts the observed entries (non-zero rows of A), so masked zeros do not dilute it."""
+    m counts the measured entries only, so the zeros of masked pixels do not dilute it."""
     r = (y - op.A(x)).reshape(len(y), -1)
-    observed = (op.A(torch.ones_like(x)) != 0).reshape(len(y), -1).sum(1).clamp_min(1)
-    return r.square().sum(1) / (observed * op.noise_std**2)
+    measured = op.measured(y)
+    m = r.shape[1] if measured is None else torch.broadcast_to(measured, y.shape).reshape(len(y), -1).sum(1).clamp_min(1)
+    return r.square().sum(1) / (m * op.noise_std**2)
 
 
 def run_estep(prior, method, obs, exp_cfg: dict[str, Any], seed: int, experiment: str, variant: str,

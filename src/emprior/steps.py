@@ -199,3 +199,18 @@ def fig3(config: dict[str, Any], experiment: str, clean: str, samples: list[str]
         k = int(re.search(r"iter_(\d+)", str(path)).group(1))
         by_iter[k] = load_h5(path, rule="prior_samples")[0]["x"]
     manifold_marginals(by_iter, load_clean(clean), out, _prov(config, "fig3", experiment=experiment))
+
+
+def table4(config: dict[str, Any], out_csv: str, out_md: str) -> None:
+    from emprior import sampler_benchmark
+
+    sampler_benchmark.main(config["sampler_benchmark"], derive_seed(config["seed"], "table4"), out_csv, out_md,
+                           _prov(config, "table4"),
+                           lpips_weights_dir=(config.get("metrics") or {}).get("lpips_weights_dir"))
+
+
+def table5(config: dict[str, Any], out_csv: str, out_md: str) -> None:
+    from emprior import cost_benchmark
+
+    cost_benchmark.main(config["cost_benchmark"], derive_seed(config["seed"], "table5"), out_csv, out_md,
+                        _prov(config, "table5"))
