@@ -17,11 +17,14 @@ def test_presets_are_valid(repo, name):
 
 @pytest.mark.parametrize("override, pattern", [
     ({"lerning_rate": 1}, r"unknown key 'lerning_rate' at <top level>"),
-    ({"experiments": {"digits": {"mstep": {"lerning_rate": 1}}}}, r"unknown key 'lerning_rate' at experiments.digits.mstep"),
+    ({"experiments": {"digits": {"mstep": {"lerning_rate": 1}}}},
+     r"unknown key 'lerning_rate' at experiments.digits.mstep"),
     ({"experiments": {"digits": {"mstep": {"lr": -1}}}}, r"experiments.digits.mstep.lr: -1 is less than or equal"),
     ({"experiments": {"digits": {"iterations": "three"}}}, r"experiments.digits.iterations: 'three' is not of type"),
-    ({"experiments": {"digits": {"estep": {"sampler": "euler"}}}}, r"experiments.digits.estep.sampler: 'euler' is not one of"),
-    ({"experiments": {"digits": {"schedule": {"sigma_min": 10.0, "sigma_max": 1.0}}}}, r"sigma_min \(10.0\) must be < sigma_max"),
+    ({"experiments": {"digits": {"estep": {"sampler": "euler"}}}},
+     r"experiments.digits.estep.sampler: 'euler' is not one of"),
+    ({"experiments": {"digits": {"schedule": {"sigma_min": 10.0, "sigma_max": 1.0}}}},
+     r"sigma_min \(10.0\) must be < sigma_max"),
     ({"seed": -1}, r"seed: -1 is less than the minimum"),
     ({"tables": {"table1": {"experiments": ["cifar"]}}}, r"tables.table1.experiments: 'cifar' is not one of"),
 ])

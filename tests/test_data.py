@@ -319,7 +319,8 @@ def test_fastmri_errors(tmp_path):
     with pytest.raises(DataError, match="no fastMRI"):
         data.load_fastmri(tmp_path)
     _mri(tmp_path / "a.h5", np.ones((12, 8, 8)), key="reconstruction_rss")
-    with pytest.raises(DataError, match=r"a.h5: no dataset 'reconstruction_esc' \(has \['kspace', 'reconstruction_rss'\]\)"):
+    msg = r"a.h5: no dataset 'reconstruction_esc' \(has \['kspace', 'reconstruction_rss'\]\)"
+    with pytest.raises(DataError, match=msg):
         data.load_fastmri(tmp_path, size=8)
     (tmp_path / "a.h5").unlink()
     _mri(tmp_path / "b.h5", np.ones((12, 64)))

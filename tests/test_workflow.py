@@ -6,7 +6,6 @@ one shard recomputes only that shard and what depends on it."""
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path

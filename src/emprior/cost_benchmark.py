@@ -196,7 +196,7 @@ def time_methods(setup: Setup, methods: dict[str, dict[str, Any]], steps: int, w
     """Per method: median wall and process-CPU seconds per step over interleaved repeats, all per-step
     times, and VJPs per step."""
     posts = {label: setup.posterior(spec, label) for label, spec in methods.items()}
-    for label, post in posts.items():
+    for post in posts.values():
         for _ in range(warmup):
             setup.run(post, steps)
     labels = list(posts)

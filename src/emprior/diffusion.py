@@ -245,7 +245,8 @@ def sample(
 
     Steps are numbered by the grid index of the noise level at which the denoiser was evaluated:
     step i (0 <= i < steps) evaluates at sigma_i and moves to sigma_{i+1}; "pc" corrections at
-    sigma_{i+1} count as step i + 1; the final denoise is step ``steps`` at sigma_min. A non-finite state after any update raises ``NumericalError`` naming
+    sigma_{i+1} count as step i + 1; the final denoise is step ``steps`` at sigma_min.
+    A non-finite state after any update raises ``NumericalError`` naming
     that step and noise level.
 
     Runs under ``torch.no_grad()`` (not inference mode), so a denoiser that needs autograd (e.g. a

@@ -79,7 +79,10 @@ def _residual_ratio(op, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     m counts the measured entries only, so the zeros of masked pixels do not dilute it."""
     r = (y - op.A(x)).reshape(len(y), -1)
     measured = op.measured(y)
-    m = r.shape[1] if measured is None else torch.broadcast_to(measured, y.shape).reshape(len(y), -1).sum(1).clamp_min(1)
+    if measured is None:
+        m = torch.full((len(y),), r.shape[1])
+    else:
+        m = torch.broadcast_to(measured, y.shape).reshape(len(y), -1).sum(1).clamp_min(1)
     return r.square().sum(1) / (m * op.noise_std**2)
 
 

@@ -157,6 +157,12 @@ def covariance(name: str, x_t: torch.Tensor, sigma: float, denoiser: GaussianMix
     return V
 
 
+def _prune(w: torch.Tensor) -> torch.Tensor:
+    """Zero the weights below 1e-15: the Sinkhorn solver then drops those atoms (they hold < n * 1e-15
+    of the mass), which shrinks the problem a lot at small sigma_t where the posterior is tight."""
+    return torch.where(w < 1e-15, torch.zeros_like(w), w)
+
+
 def divergences_at(prior: GaussianMixture, A: torch.Tensor, y: torch.Tensor, noise_std: float,
                    sigma: float, covariances: list[str], n_samples: int, reg: float,
                    generator: torch.Generator) -> dict[str, float]:
@@ -168,7 +174,7 @@ def divergences_at(prior: GaussianMixture, A: torch.Tensor, y: torch.Tensor, noi
     log_prior_t = p_t.log_prob(x_t)
     log_post_t = post_t.log_prob(x_t)
     log_r = torch.logaddexp(log_post_t, log_prior_t) - math.log(2)
-    w_p = torch.softmax(log_post_t - log_r, 0)
+    w_p = _prune(torch.softmax(log_post_t - log_r, 0))
     denoiser = GaussianMixtureDenoiser(prior)
     mean_y = denoiser(x_t, sigma) @ A.T  # A E[x | x_t], (B, 1)
     prior_cov = prior.moments()[1]
@@ -177,7 +183,7 @@ def divergences_at(prior: GaussianMixture, A: torch.Tensor, y: torch.Tensor, noi
     for name in covariances:
         V = covariance(name, x_t, sigma, denoiser, prior_cov)
         log_q_y = _gaussian_loglik(y, mean_y, noise_cov + A @ V @ A.T)  # Eq. (18)
-        w_q = torch.softmax(log_prior_t + log_q_y - log_r, 0)
+        w_q = _prune(torch.softmax(log_prior_t + log_q_y - log_r, 0))
         out[name] = sinkhorn_divergence(x_t, x_t, reg, a=w_p, b=w_q)
     return out
 

@@ -451,7 +451,10 @@ class DiffPIR(PosteriorDenoiser):
         rhs = At(y - A(x_hat))
         rtol = _default_rtol(x_t.dtype) if self.rtol is None else self.rtol
         delta, info = cg(
-            lambda v: At(A(v)) + rho * v, rhs, maxiter=self.maxiter, tol=(rtol * batch_dot(rhs, rhs).sqrt()).nan_to_num(0.0, 0.0)
+            lambda v: At(A(v)) + rho * v,
+            rhs,
+            maxiter=self.maxiter,
+            tol=(rtol * batch_dot(rhs, rhs).sqrt()).nan_to_num(0.0, 0.0),
         )
         self._record_solve(info, rhs)
         return self._finalize(x_hat + delta, x_hat)

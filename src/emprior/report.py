@@ -8,7 +8,6 @@ Inception weights) the cell says why instead of holding a number.
 from __future__ import annotations
 
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -81,7 +81,7 @@ def make_profile(src: Path, dst_dir: Path, node_mem_mb: int, partition: str, log
 
 def parse_plan(text: str) -> Counter:
     """Jobs per rule from a ``snakemake -n`` log (a dry run prints every job as ``rule NAME:``)."""
-    return Counter(m.group(1) for m in re.finditer(r"^(?:local)?rule (\w+):\s*$", text, flags=re.M))
+    return Counter(m.group(1) for m in re.finditer(r"^(?:local)?rule (\w+):\s*$", text, flags=re.MULTILINE))
 
 
 def parse_scontrol(text: str) -> list[dict[str, str]]:
@@ -146,17 +146,26 @@ def check(args: argparse.Namespace) -> int:
     remote_planned = {r: n for r, n in planned.items() if r not in local}
     record(sum(remote_planned.values()) > 0, "plan has cluster jobs", f"plan={dict(planned)}")
     record(len(jobs) > 0, "sbatch jobs recorded by slurmctld", f"{len(jobs)} jobs")
-    record(all(j["rule"] != "?" for j in jobs), "every SLURM job carries a rule comment",
-           str([j.get("Comment") for j in jobs if j["rule"] == "?"]))
+    record(
+        all(j["rule"] != "?" for j in jobs),
+        "every SLURM job carries a rule comment",
+        str([j.get("Comment") for j in jobs if j["rule"] == "?"]),
+    )
     done = Counter(j["rule"] for j in jobs if j.get("JobState") == "COMPLETED")
-    record(done == Counter(remote_planned), "completed SLURM jobs per rule == planned non-local jobs",
-           f"completed={dict(done)} planned={remote_planned}")
+    record(
+        done == Counter(remote_planned),
+        "completed SLURM jobs per rule == planned non-local jobs",
+        f"completed={dict(done)} planned={remote_planned}",
+    )
     submitted_local = sorted({j["rule"] for j in jobs} & local)
     record(not submitted_local, "localrules never go through sbatch", f"submitted: {submitted_local}")
-    ran_local = {m.group(1) for m in re.finditer(r"^localrule (\w+):\s*$", run_log, flags=re.M)}
+    ran_local = {m.group(1) for m in re.finditer(r"^localrule (\w+):\s*$", run_log, flags=re.MULTILINE)}
     missing_local = sorted((set(planned) & local) - ran_local)
-    record(not missing_local, f"localrules ran on the submit host: {sorted(set(planned) & local)}",
-           f"not seen as localrule: {missing_local}")
+    record(
+        not missing_local,
+        f"localrules ran on the submit host: {sorted(set(planned) & local)}",
+        f"not seen as localrule: {missing_local}",
+    )
     leftover = [j["JobId"] for j in jobs if j.get("JobState") not in ("COMPLETED", "FAILED")]
     record(not leftover, "no job left pending/running/cancelled", str(leftover))
 
@@ -189,8 +198,11 @@ def check(args: argparse.Namespace) -> int:
                 want_min is not None and abs(got_min - want_min) > 0.5
             ):
                 mismatches.append((j["JobId"], rule, attempt, got_mem, want_mem, got_min, want_min))
-    record(checked > 0 and not mismatches,
-           f"sbatch mem/time follow the profile's attempt expressions ({checked} jobs)", str(mismatches))
+    record(
+        checked > 0 and not mismatches,
+        f"sbatch mem/time follow the profile's attempt expressions ({checked} jobs)",
+        str(mismatches),
+    )
 
     failed = [j for j in jobs if j.get("JobState") == "FAILED"]
     retried_ok = all(
@@ -199,7 +211,7 @@ def check(args: argparse.Namespace) -> int:
     record(retried_ok, "every failed attempt was retried to completion", str([j["JobId"] for j in failed]))
 
     logs = list(Path(args.logdir).rglob("*.log")) if Path(args.logdir).is_dir() else []
-    record(len(logs) >= len(jobs) > 0, "one SLURM log per job kept", f"{len(logs)} logs for {len(jobs)} jobs")
+    record(len(logs) == len(jobs) > 0, "one SLURM log per job kept", f"{len(logs)} logs for {len(jobs)} jobs")
 
     if args.mode == "plumbing":
         _check_plumbing(args, jobs, by_key, meta, record)
@@ -218,29 +230,51 @@ def _check_plumbing(args, jobs, by_key, meta, record) -> None:
     recs = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
     ids = {j["JobId"] for j in jobs}
     venv_python = str(args.venv / "bin" / "python")
-    record(recs.get("dataset", {}).get("slurm_job_id") is None, "localrule ran on the submit host",
-           str(recs.get("dataset")))
+    record(
+        recs.get("dataset", {}).get("slurm_job_id") is None,
+        "localrule ran on the submit host",
+        str(recs.get("dataset")),
+    )
     remote = {k: v for k, v in recs.items() if k != "dataset"}
-    record(len(remote) == 3 and all(v["slurm_job_id"] in ids for v in remote.values()),
-           "cluster rules ran inside SLURM jobs", str({k: v["slurm_job_id"] for k, v in remote.items()}))
-    record(all(v["python"] == venv_python for v in recs.values()), "jobs ran the project's venv python",
-           str({k: v["python"] for k, v in recs.items()}))
+    record(
+        len(remote) == 3 and all(v["slurm_job_id"] in ids for v in remote.values()),
+        "cluster rules ran inside SLURM jobs",
+        str({k: v["slurm_job_id"] for k, v in remote.items()}),
+    )
+    record(
+        all(v["python"] == venv_python for v in recs.values()),
+        "jobs ran the project's venv python",
+        str({k: v["python"] for k, v in recs.items()}),
+    )
     gpus = {k: v["gpus_on_node"] for k, v in remote.items()}
-    record(gpus.get("estep_shard_0") == "1" and gpus.get("estep_shard_1") == "1"
-           and gpus.get("init_prior") in (None, "0"), "SLURM_GPUS_ON_NODE: 1 in estep_shard, none in init_prior",
-           str(gpus))
+    record(
+        gpus.get("estep_shard_0") == "1"
+        and gpus.get("estep_shard_1") == "1"
+        and gpus.get("init_prior") in (None, "0"),
+        "SLURM_GPUS_ON_NODE: 1 in estep_shard, none in init_prior",
+        str(gpus),
+    )
     attempts = {k: v["attempt"] for k, v in remote.items()}
-    record(attempts == {"init_prior": 1, "estep_shard_0": 2, "estep_shard_1": 2},
-           "estep_shard succeeded on attempt 2 after a planned failure", str(attempts))
+    record(
+        attempts == {"init_prior": 1, "estep_shard_0": 2, "estep_shard_1": 2},
+        "estep_shard succeeded on attempt 2 after a planned failure",
+        str(attempts),
+    )
     e0 = [j for (rule, _), js in by_key.items() if rule == "estep_shard" for j in js]
     states = sorted((j["JobState"], j.get("ExitCode") == "0:0") for j in e0)
-    record(states == [("COMPLETED", True)] * 2 + [("FAILED", False)] * 2,
-           "estep_shard: 2 FAILED (nonzero exit) + 2 COMPLETED SLURM jobs", str(states))
+    record(
+        states == [("COMPLETED", True)] * 2 + [("FAILED", False)] * 2,
+        "estep_shard: 2 FAILED (nonzero exit) + 2 COMPLETED SLURM jobs",
+        str(states),
+    )
     # The failed attempts' SLURM logs are kept and hold the rule's own stderr.
     logs = {p.stem: p.read_text(errors="replace") for p in Path(args.logdir).rglob("*.log")}
     failed_ids = [j["JobId"] for j in e0 if j["JobState"] == "FAILED"]
-    record(failed_ids and all("planned failure on attempt 1" in logs.get(i, "") for i in failed_ids),
-           "failed attempts' SLURM logs hold the rule's stderr", str(failed_ids))
+    record(
+        failed_ids and all("planned failure on attempt 1" in logs.get(i, "") for i in failed_ids),
+        "failed attempts' SLURM logs hold the rule's stderr",
+        str(failed_ids),
+    )
     # Growth across attempts as seen by SLURM, and the value snakemake handed the job on the retry.
     grew = []
     for (rule, wc), js in by_key.items():
@@ -249,8 +283,12 @@ def _check_plumbing(args, jobs, by_key, meta, record) -> None:
             t1, t2 = (time_to_min(j["TimeLimit"]) for j in js)
             rec = recs.get(f"estep_shard_{wc.split('=')[-1]}", {})
             grew.append((wc, m1, m2, t1, t2, rec.get("mem_mb"), rec.get("runtime")))
-    record(len(grew) == 2 and all(m2 > m1 and t2 > t1 and rm == m2 and rt == t2 for _, m1, m2, t1, t2, rm, rt in grew),
-           "retry was resubmitted with larger mem and time (attempt expressions)", str(grew))
+    record(
+        len(grew) == 2
+        and all(m2 > m1 and t2 > t1 and rm == m2 and rt == t2 for _, m1, m2, t1, t2, rm, rt in grew),
+        "retry was resubmitted with larger mem and time (attempt expressions)",
+        str(grew),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,12 +16,31 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "slurm" / "config.yaml"
-GPU_RULES = {"estep_shard", "mstep", "prior_samples", "iteration_metrics", "sampler_benchmark", "cost_benchmark"}
+GPU_RULES = {
+    "estep_shard",
+    "mstep",
+    "prior_samples",
+    "iteration_metrics",
+    "sampler_benchmark",
+    "cost_benchmark",
+}
 # Rules that must never receive a GPU (login-node localrules and the CPU-light rules).
-NON_GPU_RULES = {"dataset", "observe", "table1", "table4", "table5", "figures", "all", "init_prior",
-                 "gather_posterior", "fig2"}
+NON_GPU_RULES = {
+    "dataset",
+    "observe",
+    "table1",
+    "table4",
+    "table5",
+    "figures",
+    "all",
+    "init_prior",
+    "gather_posterior",
+    "fig2",
+}
 
-_spec = importlib.util.spec_from_file_location("slurm_test_tools", Path(__file__).with_name("slurm_test_tools.py"))
+_spec = importlib.util.spec_from_file_location(
+    "slurm_test_tools", Path(__file__).with_name("slurm_test_tools.py")
+)
 tools = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tools)
 
@@ -84,8 +103,10 @@ def test_derived_test_profile_fits_the_node(tmp_path):
 
 
 def test_scontrol_parsers():
-    line = ("JobId=5 JobName=abc Comment=rule_estep_shard_wildcards_shard=1 JobState=COMPLETED ExitCode=0:0 "
-            "TimeLimit=1-02:03:00 MinMemoryNode=2G TRES=cpu=1,mem=2G,node=1,billing=1 TresPerJob=gres:gpu:1")
+    line = (
+        "JobId=5 JobName=abc Comment=rule_estep_shard_wildcards_shard=1 JobState=COMPLETED ExitCode=0:0 "
+        "TimeLimit=1-02:03:00 MinMemoryNode=2G TRES=cpu=1,mem=2G,node=1,billing=1 TresPerJob=gres:gpu:1"
+    )
     (job,) = tools.parse_scontrol("garbage\n" + line)
     assert job["Comment"] == "rule_estep_shard_wildcards_shard=1"
     assert tools.time_to_min(job["TimeLimit"]) == 1440 + 123
@@ -102,14 +123,34 @@ def test_dry_run_shows_sbatch_resources(tmp_path):
     """`snakemake --profile slurm -n` on the plumbing workflow (no SLURM binaries needed)."""
     plumbing = REPO / "tests" / "slurm" / "plumbing"
     out = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--profile", "slurm", "--workflow-profile", "none",
-         "-s", str(plumbing / "Snakefile"), "--configfiles", str(plumbing / "config.yaml"),
-         "-d", str(tmp_path), "-n", "all"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--profile",
+            "slurm",
+            "--workflow-profile",
+            "none",
+            "-s",
+            str(plumbing / "Snakefile"),
+            "--configfiles",
+            str(plumbing / "config.yaml"),
+            "-d",
+            str(tmp_path),
+            "-n",
+            "all",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
-    res = dict(re.findall(r"^rule (\w+):.*?resources: ([^\n]+)", out.stdout, flags=re.M | re.S))
+    res = dict(re.findall(r"^rule (\w+):.*?resources: ([^\n]+)", out.stdout, flags=re.MULTILINE | re.DOTALL))
     estep, init = res["estep_shard"], res["init_prior"]
-    assert "gpu=1" in estep and "mem_mb=32000" in estep and "runtime=240" in estep and "cpus_per_task=8" in estep
+    assert (
+        "gpu=1" in estep and "mem_mb=32000" in estep and "runtime=240" in estep and "cpus_per_task=8" in estep
+    )
     assert "gpu" not in init and "mem_mb=8000" in init and "runtime=60" in init and "cpus_per_task=2" in init
     assert "Job stats" in out.stdout and re.search(r"estep_shard\s+2\n", out.stdout)

@@ -303,7 +303,8 @@ def fid_is(samples: Any, reference: Any, data_range: float | tuple[float, float]
         cuda = torch.cuda.is_available()
     metrics = torch_fidelity.calculate_metrics(
         input1=Uint8Images(samples, data_range), input2=Uint8Images(reference, data_range),
-        cuda=cuda, isc=isc, isc_splits=isc_splits, fid=True, feature_layer_fid=fid_features, kid=False, prc=False, verbose=False, cache=False,
+        cuda=cuda, isc=isc, isc_splits=isc_splits, fid=True, feature_layer_fid=fid_features, kid=False, prc=False,
+        verbose=False, cache=False,
         feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(path),
         batch_size=batch_size, save_cpu_ram=True,  # save_cpu_ram: no DataLoader worker processes
     )

@@ -1,0 +1,139 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from emprior.metrics.sinkhorn import debiased_to_reference, regularized_ot, sinkhorn_divergence
+
+
+def _clouds(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    y = rng.normal(size=(n, 2)) * 0.8 + np.array([0.7, 0.0])
+    return x, y, rng.random(n) + 0.1
+
+
+def _pot(*args, **kw) -> float:
+    """POT reference, run to convergence (it warns about overflow in unused plan entries)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sinkhorn_divergence(*args, backend="pot", max_iter=100_000, tol=1e-8, **kw)
+
+
+@pytest.mark.parametrize("objective", ["entropic", "transport"])
+def test_backends_agree_reg_1e_1(objective):
+    x, y, w = _clouds(150)
+    for b in (None, w):
+        g = sinkhorn_divergence(x, y, 1e-1, b=b, objective=objective)
+        p = _pot(x, y, 1e-1, b=b, objective=objective)
+        assert g == pytest.approx(p, rel=0.01)
+        assert 0.5 < p < 1.5  # W2^2 of these clouds is ~0.7^2 + spread mismatch
+
+
+@pytest.mark.parametrize("objective", ["entropic", "transport"])
+def test_backends_agree_reg_1e_2_weighted(objective):
+    x, y, w = _clouds(80, seed=1)
+    g = sinkhorn_divergence(x, y, 1e-2, a=w[::-1].copy(), b=w, objective=objective)
+    p = _pot(x, y, 1e-2, a=w[::-1].copy(), b=w, objective=objective)
+    assert g == pytest.approx(p, rel=0.02)
+
+
+def test_single_points_closed_form():
+    """One atom each: the only plan is a Dirac, KL = 0, so V = |x - y|^2 for both objectives."""
+    x, y = np.array([[0.0, 1.0, 2.0]]), np.array([[1.0, -1.0, 2.5]])
+    for backend in ("geomloss", "pot"):
+        for objective in ("entropic", "transport"):
+            assert regularized_ot(x, y, 1e-3, backend=backend, objective=objective) == pytest.approx(5.25, rel=1e-9)
+
+
+@pytest.mark.parametrize("objective", ["entropic", "transport"])
+def test_identical_sets_give_zero(objective):
+    x, _, w = _clouds(120)
+    assert abs(sinkhorn_divergence(x, x, 1e-2, objective=objective)) < 1e-9
+    assert abs(sinkhorn_divergence(x, x, 1e-2, a=w, b=w, objective=objective)) < 1e-9
+
+
+def test_translation_gives_squared_shift():
+    """S(a, a + t) = |t|^2 exactly: |x - x' - t|^2 = |x - x'|^2 - 2 <x - x', t> + |t|^2 and the cross
+    term integrates to 0 under any coupling of a with itself."""
+    x, _, w = _clouds(120)
+    values = []
+    for t in (0.25, 0.5, 1.0, 2.0):
+        shift = np.array([t, -t]) / np.sqrt(2)
+        v = sinkhorn_divergence(x, x + shift, 1e-2, a=w, b=w)
+        assert v == pytest.approx(t**2, rel=0.02)
+        values.append(v)
+    assert np.all(np.diff(values) > 0)
+
+
+def test_weighted_two_points():
+    """Atoms {0, 1}: moving 0.2 of the mass across distance 1 costs W2^2 = 0.2 (S -> W2^2 as reg -> 0)."""
+    x = np.array([[0.0], [1.0]])
+    v = sinkhorn_divergence(x, x, 1e-3, a=[0.5, 0.5], b=[0.3, 0.7])
+    assert v == pytest.approx(0.2, rel=0.01)
+    # Zero weights drop their atoms: same value with an extra massless atom far away.
+    x3 = np.array([[0.0], [1.0], [50.0]])
+    assert sinkhorn_divergence(x3, x3, 1e-3, a=[0.5, 0.5, 0.0], b=[0.3, 0.7, 0.0]) == pytest.approx(v, rel=1e-9)
+
+
+def test_gaussian_1d_w2_as_reg_decreases():
+    """Quantile grids of N(m1, s1^2), N(m2, s2^2): W2^2 = (m1 - m2)^2 + (s1 - s2)^2 mean(z^2) exactly
+    (monotone coupling), -> (m1 - m2)^2 + (s1 - s2)^2; S_reg approaches it as reg -> 0."""
+    n = 400
+    z = norm.ppf((np.arange(n) + 0.5) / n)
+    m1, s1, m2, s2 = 0.3, 1.0, -0.5, 0.6
+    x, y = (m1 + s1 * z)[:, None], (m2 + s2 * z)[:, None]
+    exact = (m1 - m2) ** 2 + (s1 - s2) ** 2 * np.mean(z**2)
+    assert exact == pytest.approx((m1 - m2) ** 2 + (s1 - s2) ** 2, rel=0.01)
+    errors = [abs(sinkhorn_divergence(x, y, reg) - exact) / exact for reg in (1e-1, 1e-2, 1e-3)]
+    assert errors[0] > errors[2]
+    assert errors[1] < 0.03 and errors[2] < 0.01
+
+
+def test_accepts_torch_and_event_shapes():
+    x, y, _ = _clouds(60)
+    ref = sinkhorn_divergence(x, y, 1e-2)
+    xt = torch.tensor(x, dtype=torch.float32).reshape(60, 1, 2)
+    yt = torch.tensor(y, dtype=torch.float32).reshape(60, 2, 1)
+    assert sinkhorn_divergence(xt, yt, 1e-2) == pytest.approx(ref, rel=1e-4)
+
+
+def test_debiased_to_reference():
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(400, 2))
+    same = rng.normal(size=(200, 2))
+    shifted = rng.normal(size=(200, 2)) + np.array([1.0, 0.0])
+    d_same = debiased_to_reference(same, p, 1e-2, rng=np.random.default_rng(1))
+    d_shift = debiased_to_reference(shifted, p, 1e-2, rng=np.random.default_rng(1))
+    assert abs(d_same) < 0.05
+    assert d_shift == pytest.approx(1.0, abs=0.15)
+    # Official form: q equal to the second half of p gives T(p1, p2) - T(p1, p2) = 0, clamped at 1e-6.
+    assert debiased_to_reference(p[200:], p, 1e-1, kind="official") == 1e-6
+    off = debiased_to_reference(shifted, p, 1e-1, rng=np.random.default_rng(1), kind="official")
+    assert off == pytest.approx(1.0, abs=0.15)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"reg": 0.0}, "reg"), ({"reg": float("inf")}, "reg"), ({"backend": "keops"}, "backend"),
+    ({"objective": "linear"}, "objective"), ({"a": [1.0, -1.0, 1.0]}, "a: weights"),
+    ({"b": [1.0, 1.0]}, "b: 2 weights"), ({"a": [0.0, 0.0, 0.0]}, "a: weights sum"),
+    ({"scaling": 1.0}, "scaling"),
+])
+def test_bad_arguments(kw, match):
+    x = np.zeros((3, 2))
+    args = {"reg": 1e-2} | kw
+    with pytest.raises(ValueError, match=match):
+        sinkhorn_divergence(x, x + 1, **args)
+
+
+def test_bad_points():
+    with pytest.raises(ValueError, match="x: expected shape"):
+        sinkhorn_divergence(np.zeros(3), np.zeros((3, 1)))
+    with pytest.raises(ValueError, match="event size"):
+        sinkhorn_divergence(np.zeros((3, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        sinkhorn_divergence(np.array([[np.nan]]), np.zeros((3, 1)))
+    with pytest.raises(ValueError, match="kind"):
+        debiased_to_reference(np.zeros((3, 1)), np.zeros((4, 1)), kind="paper")
