@@ -18,6 +18,7 @@
 #   SLURM_TEST_PHASES="plumbing real"   which phases to run
 #   SLURM_TEST_VENV=<repo>/.venv        venv whose bin/ goes first on PATH (jobs inherit PATH)
 #   SLURM_TEST_CONFIG=config/tiny.yaml  config for phase 2
+#   SLURM_TEST_TIMEOUT=900              seconds allowed per snakemake run (then SIGINT: jobs are cancelled)
 #   SLURM_TEST_KEEP=1                   keep the work directory (logs, outputs) for inspection
 set -euo pipefail
 
@@ -26,6 +27,7 @@ REPO=$(pwd)
 PHASES=${SLURM_TEST_PHASES:-"plumbing real"}
 VENV=${SLURM_TEST_VENV:-$REPO/.venv}
 TINY=${SLURM_TEST_CONFIG:-config/tiny.yaml}
+RUN_TIMEOUT=${SLURM_TEST_TIMEOUT:-900}
 [[ -x "$VENV/bin/python" ]] || { echo "slurm-test: no venv at $VENV (run make test first)" >&2; exit 2; }
 export PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV"
 PY="$VENV/bin/python"
@@ -117,7 +119,7 @@ touch "$WORK/gpu/fakegpu0" "$WORK/gpu/fakegpu1"
 cat > /etc/slurm/slurm.conf <<EOF
 # Written by .ci/slurm-test.sh (restored/removed on exit).
 ClusterName=emprior-ci
-SlurmctldHost=$HOST
+SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -140,7 +142,7 @@ MpiDefault=none
 # this script's final audit both rely on it (there is no accounting database).
 MinJobAge=3600
 GresTypes=gpu
-NodeName=$HOST CPUs=$NCPU RealMemory=$MEM_MB Gres=gpu:2 State=UNKNOWN
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$NCPU RealMemory=$MEM_MB Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
 cat > /etc/slurm/gres.conf <<EOF
@@ -185,16 +187,26 @@ done
 if grep -q '^gpus=1$' "$WORK/probe.out" 2>/dev/null; then pass "sbatch --gpus=1 probe job $jid"; else
     fail "sbatch --gpus=1 probe job $jid: $(cat "$WORK/probe.out" 2>/dev/null)"; fi
 
-# --- 4. test profile ---------------------------------------------------------------------------------
+# --- 4. the shipped profile as users call it (paper scale, dry run: plans, submits nothing) -----------
+if [[ " $PHASES " == *" real "* && -f "$REPO/Snakefile" ]]; then
+    if (cd "$REPO" && snakemake --profile slurm --nocolor -n all >"$WORK/paper.plan.log" 2>&1); then
+        pass "snakemake --profile slurm -n all (config/paper.yaml): $(grep -cE '^rule ' "$WORK/paper.plan.log") jobs planned"
+    else
+        fail "snakemake --profile slurm -n all failed (see $WORK/paper.plan.log)"; tail -n 20 "$WORK/paper.plan.log"
+    fi
+fi
+
+# --- 5. test profile ---------------------------------------------------------------------------------
 "$PY" "$TOOLS" make-profile --src "$REPO/slurm/config.yaml" --dst "$WORK/profile/slurm" \
     --node-mem-mb "$MEM_MB" --partition debug --logdir "$WORK/slurm_logs" >"$WORK/profile-meta.json"
+# (each phase passes its own --slurm-logdir, so its logs can be counted against its jobs)
 say "test profile: $WORK/profile/slurm/config.yaml (mem scale $(cat "$WORK/profile-meta.json"))"
 
-# run_phase NAME MODE SNAKEFILE CONFIG WORKDIR: dry-run plan, real run through SLURM, audit.
+# run_phase NAME MODE SNAKEFILE CONFIG WORKDIR LOCALRULES: dry-run plan, run through SLURM, audit.
 run_phase() {
-    local name=$1 mode=$2 snakefile=$3 config=$4 workdir=$5 rc=0 t1
+    local name=$1 mode=$2 snakefile=$3 config=$4 workdir=$5 localrules=$6 rc=0 t1
     local args=(--profile "$WORK/profile/slurm" --snakefile "$snakefile"
-        --configfiles "$config" --directory "$workdir" --nocolor)
+        --configfiles "$config" --directory "$workdir" --slurm-logdir "$WORK/$name.slurm_logs" --nocolor)
     # The plumbing Snakefile is not the project's: keep the repo's profiles/default out of it. The real
     # workflow gets profiles/default exactly as users do.
     [[ $mode == plumbing ]] && args+=(--workflow-profile none)
@@ -206,9 +218,12 @@ run_phase() {
         fail "[$name] dry run failed (see $WORK/$name.plan.log)"; tail -n 30 "$WORK/$name.plan.log"; return
     fi
     t1=$SECONDS
-    snakemake "${args[@]}" all >"$WORK/$name.run.log" 2>&1 || rc=$?
+    # SIGINT on timeout: snakemake then scancels its SLURM jobs before exiting.
+    timeout --signal=INT --kill-after=60 "$RUN_TIMEOUT" snakemake "${args[@]}" all >"$WORK/$name.run.log" 2>&1 || rc=$?
     eval "RUN_S_$name=$((SECONDS - t1))"
-    if [[ $rc -eq 0 ]]; then pass "[$name] snakemake through SLURM exited 0 in $((SECONDS - t1))s"; else
+    if [[ $rc -eq 0 ]]; then pass "[$name] snakemake through SLURM exited 0 in $((SECONDS - t1))s"
+    elif [[ $rc -eq 124 ]]; then fail "[$name] snakemake timed out after ${RUN_TIMEOUT}s"; tail -n 40 "$WORK/$name.run.log"
+    else
         fail "[$name] snakemake exited $rc after $((SECONDS - t1))s (see $WORK/$name.run.log)"
         tail -n 40 "$WORK/$name.run.log"
     fi
@@ -225,7 +240,8 @@ run_phase() {
         fail "[$name] no 'SLURM run ID' in the snakemake log"; : >"$WORK/$name.jobs.mine.txt"
     fi
     "$PY" "$TOOLS" check --profile-dir "$WORK/profile/slurm" --plan "$WORK/$name.plan.log" \
-        --jobs "$WORK/$name.jobs.mine.txt" --logdir "$WORK/slurm_logs" --workdir "$workdir" \
+        --run-log "$WORK/$name.run.log" --expect-local "$localrules" \
+        --jobs "$WORK/$name.jobs.mine.txt" --logdir "$WORK/$name.slurm_logs" --workdir "$workdir" \
         --venv "$VENV" --mode "$mode" >"$WORK/$name.check.txt" || fail "[$name] checker crashed"
     tally < <(sed "s/^\(PASS\|FAIL\) /\1 [$name] /" "$WORK/$name.check.txt")
 }
@@ -234,10 +250,13 @@ for phase in $PHASES; do
     case $phase in
         plumbing)
             run_phase plumbing plumbing "$REPO/tests/slurm/plumbing/Snakefile" \
-                "$REPO/tests/slurm/plumbing/config.yaml" "$WORK/plumbing" ;;
+                "$REPO/tests/slurm/plumbing/config.yaml" "$WORK/plumbing" dataset,all ;;
         real)
             if [[ -f "$REPO/Snakefile" && -f "$REPO/$TINY" ]]; then
-                run_phase real real "$REPO/Snakefile" "$REPO/$TINY" "$WORK/real"
+                # Rules the workflow declares local (login node); all others must go through sbatch.
+                localrules=$(sed -n 's/^localrules:[[:space:]]*//p' "$REPO/Snakefile" "$REPO"/rules/*.smk \
+                    | tr -d ' ' | paste -sd, -)
+                run_phase real real "$REPO/Snakefile" "$REPO/$TINY" "$WORK/real" "$localrules"
             else
                 fail "[real] workflow missing: need $REPO/Snakefile and $REPO/$TINY"
             fi ;;

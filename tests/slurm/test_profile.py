@@ -21,8 +21,8 @@ GPU_RULES = {
     "mstep",
     "prior_samples",
     "iteration_metrics",
-    "sampler_benchmark",
-    "cost_benchmark",
+    "table4",
+    "table5",
 }
 # Rules that must never receive a GPU (login-node localrules and the CPU-light rules).
 NON_GPU_RULES = {
