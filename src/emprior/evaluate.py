@@ -110,6 +110,9 @@ def iteration_metrics(config: dict[str, Any], experiment: str, variant: str, ite
             "shards": [{"file": s["file"], "sha256": s["sha256"], "blocks": s["blocks"],
                         "block_seeds": s["block_seeds"]} for s in shards],
         }
+        est = exp["estep"]
+        solves = len(ratio) * est["steps"] * (1 + est.get("corrections", 0))
+        record["estep"]["breakdown_fraction"] = record["estep"]["solver"].get("breakdowns", 0.0) / max(1, solves)
         artifacts["posterior.h5"] = verify(posterior)["sha256"]
     record["artifacts"] = artifacts
     # Run-dependent numbers (from the sidecars): the only part of metrics.json that differs between

@@ -1,0 +1,46 @@
+"""`python -m emprior audit`: one row per iteration, anomalies flagged."""
+
+import numpy as np
+import torch
+
+from emprior.artifacts import save_h5, save_json, save_torch
+from emprior.audit import audit, audit_rows
+
+
+def _iteration(root, k, estep=None, quality=None, shards=2, keep_shards=2):
+    d = root / "exp" / "var" / f"iter_{k:03d}"
+    save_torch(d / "model.pt", {"kind": "denoiser", "w": torch.ones(2)})
+    save_h5(d / "prior_samples.h5", {"x": np.zeros((4, 2))})
+    rec = {"iteration": k, "quality": quality or {"sinkhorn": 0.5}}
+    if k:
+        save_h5(d / "posterior.h5", {"x": np.zeros((4, 2))})
+        for j in range(keep_shards):
+            save_h5(d / "posterior" / f"shard_{j}.h5", {"x": np.zeros((2, 2))})
+        rec["estep"] = {"residual_ratio_mean": 1.1, "breakdown_fraction": 0.0, "solver": {"breakdowns": 0},
+                        "shards": [{"file": f"shard_{j}.h5"} for j in range(shards)], **(estep or {})}
+    save_json(d / "metrics.json", rec)
+    return d
+
+
+def test_clean_run_has_no_flags(tmp_path):
+    _iteration(tmp_path, 0)
+    _iteration(tmp_path, 1)
+    text, status = audit(tmp_path)
+    assert status == 0 and "2 iterations, 0 flagged" in text
+
+
+def test_anomalies_are_flagged(tmp_path):
+    _iteration(tmp_path, 0, quality={"sinkhorn": None, "error": "non-finite prior samples"})
+    _iteration(tmp_path, 1, estep={"residual_ratio_mean": 250.0})
+    _iteration(tmp_path, 2, keep_shards=1)
+    _iteration(tmp_path, 3, estep={"breakdown_fraction": 0.2, "solver": {"breakdowns": 960}})
+    d4 = _iteration(tmp_path, 4)
+    (d4 / "model.pt").write_bytes(b"tampered")
+    df = audit_rows(tmp_path).set_index("iteration")
+    assert "NaN/Inf" in df.loc[0, "flags"]
+    assert "residual blow-up (250" in df.loc[1, "flags"]
+    assert "missing shard (1/2 on disk)" in df.loc[2, "flags"]
+    assert "solver breakdowns in 20.0 % of solves" in df.loc[3, "flags"]
+    assert "bad model.pt" in df.loc[4, "flags"] and "checksum mismatch" in df.loc[4, "flags"]
+    text, status = audit(tmp_path)
+    assert status == 1 and "5 iterations, 5 flagged" in text
