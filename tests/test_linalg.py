@@ -187,3 +187,16 @@ def test_zero_rhs_and_validation():
         gmres(lambda v: v, b, x0=torch.zeros(3, 2))
     with pytest.raises(ValueError, match="tol"):
         cg(lambda v: v, b, tol=-1.0)
+
+
+def test_converged_samples_are_not_counted_as_breakdowns():
+    """Iterating past convergence (rounding-level residual) must not register a breakdown: a mask-like
+    system sigma_y^2 + c A A^T has two distinct eigenvalues, so CG is exact after 2 steps."""
+    torch.manual_seed(0)
+    mask = (torch.rand(8, 64) < 0.25).float()
+    M = 1e-6 + 0.3 * mask
+    b = torch.randn(8, 64) * mask
+    x, info = cg(lambda v: M * v, b, maxiter=16)
+    assert info.breakdowns == 0
+    assert info.iterations <= 3
+    torch.testing.assert_close(x, b / M)

@@ -122,6 +122,9 @@ def cg(
     broken = ~torch.isfinite(rr)
     # A non-finite initial residual (from x0) is a breakdown; x stays x0 (zeroed if non-finite).
     x = torch.where(_col(torch.isfinite(batch_dot(x, x)), x), x, torch.zeros_like(x))
+    # Residuals at rounding level count as converged: iterating on them gives p^T M p ~ 0 and a
+    # spurious "breakdown" (e.g. a diagonal system solved exactly in one step).
+    tol_t = torch.maximum(tol_t, 10 * torch.finfo(b.dtype).eps * rr.sqrt().nan_to_num(0.0))
     done = rr.sqrt() <= tol_t
     iterations = 0
     for _ in range(maxiter):
