@@ -1,10 +1,14 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Rules call `python -m emprior`: make that the interpreter running the tests (as `make test` does).
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 # Keep the suite light on a 2-core machine.
 torch.set_num_threads(1)

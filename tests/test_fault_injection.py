@@ -108,6 +108,8 @@ def test_killed_runs_resume_to_identical_artifacts(tmp_path):
         kills += kill_rule(faulty, config, rule_cmd, rng)
     kill_session(faulty, config, rng)
     before_last = finished_artifacts(faulty / "results")
+    # a SIGKILLed session leaves its lock behind: the documented first step is `snakemake --unlock`
+    subprocess.run(snakemake_cmd(faulty, config, "--unlock"), capture_output=True, text=True, timeout=300, check=True)
     out = subprocess.run(snakemake_cmd(faulty, config, "--rerun-incomplete"), capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

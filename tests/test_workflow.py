@@ -76,7 +76,7 @@ def test_deleting_a_shard_recomputes_only_its_descendants(run_dir):
     shard = run_dir / "results" / "digits" / "diem_tweedie" / "iter_001" / "posterior" / "shard_1.h5"
     before = h5py.File(shard, "r")["x"][()]
     shard.unlink()
-    out = snakemake(run_dir, "-n", "--quiet", "rules", "all")
+    out = snakemake(run_dir, "-n", "all")
     text = out.stdout + out.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", text, flags=re.M))
     assert counts.get("estep_shard") == "1", text
