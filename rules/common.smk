@@ -87,10 +87,19 @@ def all_iteration_metrics(experiment):
             for v in variants_of(experiment) for k in range(n_iterations(experiment) + 1)]
 
 
+def all_posterior_shards(experiment):
+    return [f"{itdir(experiment, v, k)}/posterior/shard_{j}.h5" for v in variants_of(experiment)
+            for k in range(1, n_iterations(experiment) + 1) for j in range(n_shards(experiment))]
+
+
 def all_targets():
+    # The shards are targets too: Snakemake does not rebuild a missing intermediate file whose
+    # consumers are up to date, but a deleted shard must be recomputed (and, being newer, rerun
+    # everything downstream of it) so that the audit trail stays complete.
     targets = []
     for name in config["experiments"]:
         targets += all_iteration_metrics(name)
+        targets += all_posterior_shards(name)
         targets.append(f"{R}/figures/{name}_metrics.png")
     targets += report_targets()
     return targets

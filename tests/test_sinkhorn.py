@@ -19,7 +19,7 @@ def _pot(*args, **kw) -> float:
     """POT reference, run to convergence (it warns about overflow in unused plan entries)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return sinkhorn_divergence(*args, backend="pot", max_iter=20_000, tol=1e-7, **kw)
+        return sinkhorn_divergence(*args, backend="pot", max_iter=20_000, tol=1e-6, **kw)
 
 
 @pytest.mark.parametrize("objective", ["entropic", "transport"])
@@ -87,7 +87,8 @@ def test_weighted_two_points():
     assert v == pytest.approx(0.2, rel=0.01)
     # Zero weights drop their atoms: same value with an extra massless atom far away.
     x3 = np.array([[0.0], [1.0], [50.0]])
-    assert sinkhorn_divergence(x3, x3, 1e-3, a=[0.5, 0.5, 0.0], b=[0.3, 0.7, 0.0]) == pytest.approx(v, rel=1e-9)
+    # (only the starting temperature, the bounding box, sees it)
+    assert sinkhorn_divergence(x3, x3, 1e-3, a=[0.5, 0.5, 0.0], b=[0.3, 0.7, 0.0]) == pytest.approx(v, rel=1e-6)
 
 
 def test_gaussian_1d_w2_as_reg_decreases():

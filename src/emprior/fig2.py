@@ -25,11 +25,11 @@ dispersed q's) by self-normalised importance weights
 all of which are exact densities of Gaussian mixtures up to constants that the normalisation removes.
 Sharing the atoms removes the finite-sample floor of comparing two independent sample sets: for
 q = p the weighted measures coincide and the divergence is exactly zero. The reported number is the
-debiased entropic Sinkhorn divergence S(w_p, w_q) = OT(p, q) - (OT(p, p) + OT(q, q)) / 2 (squared-
-Euclidean cost, regularisation ``reg``, :func:`emprior.metrics.sinkhorn.regularized_ot` with its default
-epsilon-scaling "torch" solver, within a few % of converged values >= 1e-2; values far below reg are
-at the solver's resolution and may come out slightly negative); the figure shows its 25/50/75
-percentiles over the manifolds for each covariance and sigma_t, as the paper's Fig. 2.
+debiased entropic Sinkhorn divergence S(w_p, w_q) (squared-Euclidean cost, regularisation ``reg``),
+computed as :func:`emprior.metrics.sinkhorn.sinkhorn_divergence` does with its default "torch" solver
+(within a few % of converged values >= 1e-2; tiny values are small and non-negative but only
+order-of-magnitude accurate); the figure shows its 25/50/75 percentiles over the manifolds for each
+covariance and sigma_t, as the paper's Fig. 2.
 """
 
 from __future__ import annotations
@@ -181,14 +181,16 @@ def divergences_at(prior: GaussianMixture, A: torch.Tensor, y: torch.Tensor, noi
     mean_y = denoiser(x_t, sigma) @ A.T  # A E[x | x_t], (B, 1)
     prior_cov = prior.moments()[1]
     noise_cov = noise_std**2 * torch.eye(A.shape[0], dtype=x_t.dtype)
-    # S(p, q) = OT(p, q) - (OT(p, p) + OT(q, q)) / 2; OT(p, p) is shared by all covariances.
+    # S(p, q) = (OT(p, q) + OT(q, p)) / 2 - (OT(p, p) + OT(q, q)) / 2, as sinkhorn_divergence does it
+    # (symmetrised cross term; all on the atoms x_t, hence one temperature schedule); OT(p, p) is
+    # shared by all covariances.
     ot_pp = regularized_ot(x_t, x_t, reg, a=w_p, b=w_p)
     out = {}
     for name in covariances:
         V = covariance_guess(name, x_t, sigma, denoiser, prior_cov)
         log_q_y = _gaussian_loglik(y, mean_y, noise_cov + A @ V @ A.T)  # Eq. (18)
         w_q = _prune(torch.softmax(log_prior_t + log_q_y - log_r, 0))
-        ot_pq = regularized_ot(x_t, x_t, reg, a=w_p, b=w_q)
+        ot_pq = 0.5 * (regularized_ot(x_t, x_t, reg, a=w_p, b=w_q) + regularized_ot(x_t, x_t, reg, a=w_q, b=w_p))
         out[name] = ot_pq - 0.5 * (ot_pp + regularized_ot(x_t, x_t, reg, a=w_q, b=w_q))
     return out
 
