@@ -394,3 +394,22 @@ def _train_and_compare():
     per = (e1 / e0)[sigmas >= 0.1]
     assert ratio < 0.01, f"trained/untrained error ratio {ratio:.4f}"
     assert per.max() < 0.1, f"per-sigma ratios {np.round(per.numpy(), 4)}"
+
+
+def test_pc_corrector_step_shrinks_with_a_huge_noise_prediction():
+    """tau' = tau / max(1, rms((x - d(x, s)) / s)): a denoiser that points 1e6 away moves a corrector
+    step by tau' (d - x) + sqrt(2 tau') s z, i.e. by about tau * s * sqrt(dim), not tau * 1e6."""
+    far = 1e6
+
+    def wild(x_t, sigma):
+        return x_t + far
+
+    xT = torch.zeros(64, 4, dtype=torch.float64)
+    schedule = Schedule(sigma_min=1e-2, sigma_max=1.0)
+    # one predictor step (DDIM to s' with d = x + far moves x by (1 - s'/s) far) and one correction
+    pred = sample(wild, xT, schedule, 1, "pc", corrections=0, final_denoise=False)
+    corr = sample(wild, xT, schedule, 1, "pc", corrections=1, tau=0.1, generator=gen(3), final_denoise=False)
+    s_next = float(schedule.discretize(1)[1])
+    step = (corr - pred).abs()
+    # rms(eps_hat) = far / s', so tau' (d - x) = 0.1 * s' per entry, plus noise of std sqrt(0.2 s'/far) s'
+    assert torch.allclose(step, torch.full_like(step, 0.1 * s_next), rtol=2e-2), (step.min(), step.max(), s_next)

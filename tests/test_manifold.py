@@ -97,3 +97,17 @@ def test_bad_inputs():
         m.sample(3, np.random.default_rng(0), noise_std=-1.0)
     with pytest.raises(ValueError, match="n must"):
         m.sample(-1, np.random.default_rng(0))
+
+
+def test_minmax_scaling_maps_the_curve_onto_minus_two_two():
+    """Official DiEM scaling: each coordinate's range over u in [0, 1) is [-2, 2] (grid min/max)."""
+    m = RandomManifold(5, np.random.default_rng(7), n_freq=10, smoothness=3.0, scaling="minmax")
+    x = m(_grid())
+    np.testing.assert_allclose(x.min(0), -2.0, atol=1e-12)
+    np.testing.assert_allclose(x.max(0), 2.0, atol=1e-12)
+    # same curve as the standardised one, up to a per-coordinate affine map
+    s = RandomManifold(5, np.random.default_rng(7), n_freq=10, smoothness=3.0)(_grid())
+    for i in range(5):
+        assert abs(np.corrcoef(x[:, i], s[:, i])[0, 1] - 1) < 1e-12
+    with pytest.raises(ValueError, match="scaling"):
+        RandomManifold(3, np.random.default_rng(0), scaling="zscore")

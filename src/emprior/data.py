@@ -136,7 +136,7 @@ def download_cifar10(root: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 def make_manifold(n: int, dim: int, seed: int, *, stream: str = "train", n_freq: int = 3,
-                  smoothness: float = 1.0, noise_std: float = 0.0) -> np.ndarray:
+                  smoothness: float = 1.0, noise_std: float = 0.0, scaling: str = "standard") -> np.ndarray:
     """``n`` points on a random smooth 1-d manifold in R^dim (Sec. 5.1), float32 (n, dim).
 
     The manifold's shape depends only on (``seed``, ``dim``, ``n_freq``, ``smoothness``); the points
@@ -145,7 +145,8 @@ def make_manifold(n: int, dim: int, seed: int, *, stream: str = "train", n_freq:
     """
     from emprior.manifold import RandomManifold
 
-    manifold = RandomManifold(dim, numpy_rng(seed, "manifold", "shape"), n_freq=n_freq, smoothness=smoothness)
+    manifold = RandomManifold(dim, numpy_rng(seed, "manifold", "shape"), n_freq=n_freq, smoothness=smoothness,
+                              scaling=scaling)
     x = manifold.sample(n, numpy_rng(seed, "manifold", "points", stream), noise_std=noise_std)
     return x.astype(np.float32)
 
@@ -402,7 +403,7 @@ def load_fastmri(folder: str | Path, slices: tuple[int, int] | list[int] = (10, 
 # ---------------------------------------------------------------------------------------------
 
 _KEYS = {
-    "manifold": {"n", "dim", "n_freq", "smoothness", "noise_std"},
+    "manifold": {"n", "dim", "n_freq", "smoothness", "noise_std", "scaling"},
     "digits": {"n"},
     "cifar10": {"n", "root", "split"},
     "ffhq": {"n", "root", "size"},
@@ -439,7 +440,7 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> np.ndarray:
         raise ConfigError(f"dataset.n: must be an integer >= 1, got {n!r}")
 
     if name == "manifold":
-        kw = {k: cfg[k] for k in ("n_freq", "smoothness", "noise_std") if k in cfg}
+        kw = {k: cfg[k] for k in ("n_freq", "smoothness", "noise_std", "scaling") if k in cfg}
         return make_manifold(int(_require(cfg, "n")), int(_require(cfg, "dim")), seed, **kw)
     if name == "digits":
         x = load_digits()

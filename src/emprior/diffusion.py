@@ -237,9 +237,13 @@ def sample(
       deterministic DDIM predictor (eta = 0, the ``eta`` argument is ignored) to s', then
       ``corrections`` unadjusted Langevin steps at s'::
 
-          x <- x + delta * score + sqrt(2 delta) z,  score = (d(x, s') - x)/s'^2,  delta = tau s'^2
+          x <- x + delta * score + sqrt(2 delta) z,  score = (d(x, s') - x)/s'^2,  delta = tau' s'^2
 
-      so each corrector step is x <- x + tau (d(x, s') - x) + sqrt(2 tau) s' z.
+      so each corrector step is x <- x + tau' (d(x, s') - x) + sqrt(2 tau') s' z, with the step size
+      normalised per sample as in Rozet & Louppe (2023) and the official DiEM code,
+      tau' = tau / max(1, rms(eps_hat)), eps_hat = (x - d(x, s')) / s': a noise prediction much
+      larger than unit size (a strong likelihood score far from the data) shrinks the step instead
+      of throwing the sample away.
 
     After the last step (x at sigma_min) ``final_denoise`` returns d(x, sigma_min) instead of x.
 
@@ -283,10 +287,11 @@ def sample(
                     x = x + c * _noise(x, generator)
             _check_finite(x, i, steps, s)
             if sampler == "pc":
-                delta = float(tau) * s_next**2
                 for _ in range(corrections):
-                    score = (d(x, s_next) - x) / s_next**2
-                    x = x + delta * score + math.sqrt(2 * delta) * _noise(x, generator)
+                    x_hat = d(x, s_next)
+                    eps_rms = ((x - x_hat) / s_next).reshape(n, -1).square().mean(1).sqrt()
+                    t = (float(tau) / eps_rms.clamp_min(1.0)).reshape(n, *[1] * (x.dim() - 1))
+                    x = x + t * (x_hat - x) + torch.sqrt(2 * t) * s_next * _noise(x, generator)
                     _check_finite(x, i + 1, steps, s_next)
         if final_denoise:
             x = d(x, sigmas[-1])

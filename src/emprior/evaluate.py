@@ -9,7 +9,7 @@ Audit (why an iteration is trustworthy or not):
 - ``estep.residual_ratio_mean``: mean of ||y - A x||^2 / (m Sigma_y) over observations (-> 1 for
   posterior samples consistent with the noise model), with its quantiles;
 - ``estep.solver``: CG/GMRES iterations, residual norms, breakdowns; shard seeds and timings;
-- ``mstep``: loss curve summary, steps, seconds; ``artifacts``: sha256 of every input artifact.
+- ``mstep``: loss curve summary, steps, seconds, posterior samples left out by ``mstep.max_abs``; ``artifacts``: sha256 of every input artifact.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def iteration_metrics(config: dict[str, Any], experiment: str, variant: str, ite
                           "tau": ckpt.get("tau")}
     else:
         train = ckpt.get("train", {})
-        record["mstep"] = {"steps": train.get("steps"), "loss": loss_summary(train.get("loss", []))}
+        record["mstep"] = {"steps": train.get("steps"), "loss": loss_summary(train.get("loss", [])),
+                           "dropped": train.get("dropped", 0), "n_data": train.get("n_data")}
     artifacts = {"model.pt": verify(model)["sha256"], "prior_samples.h5": verify(samples)["sha256"],
                  "observations.h5": verify(observations)["sha256"]}
     if posterior:

@@ -7,7 +7,8 @@ Each output coordinate i is a sum of sinusoids of the intrinsic coordinate u in 
 so the k-th term has frequency k b_ik <= k and an amplitude that decays like k^(-alpha): a larger
 ``smoothness`` alpha gives a smoother curve. The coordinates are then standardised, f -> (f - m) / s,
 with the mean m and standard deviation s of f(u) under u ~ U[0, 1), so every coordinate has zero mean
-and unit standard deviation. These are the manifolds of the paper's Sec. 4.2 / Fig. 2 (R^3) and of the
+and unit standard deviation; ``scaling="minmax"`` instead maps each coordinate's range over
+u in [0, 1) onto [-2, 2], as the official DiEM manifold experiment does (with K = 10, alpha = 3). These are the manifolds of the paper's Sec. 4.2 / Fig. 2 (R^3) and of the
 low-dimensional manifold experiment of Sec. 5.1 (R^5, Fig. 7).
 """
 
@@ -32,7 +33,8 @@ class RandomManifold:
         smoothness: decay exponent alpha >= 0 of the amplitudes k^(-alpha).
     """
 
-    def __init__(self, dim: int, rng: np.random.Generator, n_freq: int = 3, smoothness: float = 1.0):
+    def __init__(self, dim: int, rng: np.random.Generator, n_freq: int = 3, smoothness: float = 1.0,
+                 scaling: str = "standard"):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"RandomManifold: dim must be an integer >= 1, got {dim!r}")
         if isinstance(n_freq, bool) or not isinstance(n_freq, (int, np.integer)) or n_freq < 1:
@@ -53,11 +55,18 @@ class RandomManifold:
         self.phase = c  # (dim, K), in cycles
         # Moments of the raw curve under u ~ U[0, 1) for the standardisation.
         raw = self._raw((np.arange(_GRID) + 0.5) / _GRID)
-        self.offset = raw.mean(axis=0)
-        std = raw.std(axis=0)
+        if scaling == "standard":
+            self.offset = raw.mean(axis=0)
+            spread = raw.std(axis=0)
+        elif scaling == "minmax":  # official DiEM code: x -> 4 (x - min) / (max - min) - 2, into [-2, 2]
+            lo, hi = raw.min(axis=0), raw.max(axis=0)
+            self.offset, spread = (lo + hi) / 2, (hi - lo) / 4
+        else:
+            raise ValueError(f"RandomManifold: scaling must be 'standard' or 'minmax', got {scaling!r}")
+        self.scaling = scaling
         # A coordinate whose sinusoids all have near-zero frequency is (almost) constant: keep it
         # centred but do not blow it up.
-        self.scale = np.where(std > 1e-8, std, 1.0)
+        self.scale = np.where(spread > 1e-8, spread, 1.0)
 
     def _raw(self, u: np.ndarray) -> np.ndarray:
         angle = 2 * np.pi * (u[:, None, None] * self.frequency + self.phase)  # (n, dim, K)
