@@ -166,3 +166,24 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("error:") and "nope" in line and "cifar" in line.lower()
     assert not (tmp_path / "clean.h5").exists()
+
+
+def test_mstep_leaves_out_posterior_samples_outside_max_abs(digits_setup, tmp_path):
+    """mstep.max_abs (official manifold code: |x_i| < 3) drops far-off posterior samples from training,
+    keeps them in posterior.h5 and records the count in model.pt; all dropped is a one-line error."""
+    cfg, d = digits_setup
+    c = copy.deepcopy(cfg)
+    c["experiments"]["digits"]["mstep"].update(steps=2, max_abs=3.0)
+    x = np.zeros((10, *load_h5(d / "clean.h5")[0]["x"].shape[1:]), np.float32)
+    x[[2, 7], 0, 0, 0] = [50.0, -4.0]
+    post = tmp_path / "posterior.h5"
+    save_h5(post, {"x": x, "index": np.arange(10), "residual_ratio": np.ones(10, np.float32)}, attrs={},
+            provenance={"rule": "gather_posterior"})
+    steps.mstep(c, "digits", "diem_tweedie", 1, str(post), None, str(tmp_path / "model.pt"))
+    train = load_torch(tmp_path / "model.pt")["train"]
+    assert train["dropped"] == 2 and train["n_data"] == 8
+    x[:] = 9.0
+    save_h5(post, {"x": x, "index": np.arange(10), "residual_ratio": np.ones(10, np.float32)}, attrs={},
+            provenance={"rule": "gather_posterior"})
+    with pytest.raises(NumericalError, match="every posterior sample lies outside"):
+        steps.mstep(c, "digits", "diem_tweedie", 1, str(post), None, str(tmp_path / "model2.pt"))

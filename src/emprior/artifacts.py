@@ -154,14 +154,19 @@ def save_h5(path: str | Path, datasets: dict[str, Any], attrs: dict[str, Any] | 
     return write_artifact(path, writer, provenance, runtime)
 
 
-def load_h5(path: str | Path, rule: str | None = None, check: bool = True
-            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Verify and read every dataset and attribute of an HDF5 artifact."""
+def _checked(path: str | Path, rule: str | None, check: bool) -> tuple[Path, str]:
+    """Verify ``path`` against its sidecar (unless ``check`` is off); the " (made by rule ...)" suffix."""
     path = Path(path)
     rule = rule or rule_from_sidecar(path)
     if check:
         verify(path, rule)
-    made_by = f" (made by rule '{rule}')" if rule else ""
+    return path, f" (made by rule '{rule}')" if rule else ""
+
+
+def load_h5(path: str | Path, rule: str | None = None, check: bool = True
+            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Verify and read every dataset and attribute of an HDF5 artifact."""
+    path, made_by = _checked(path, rule, check)
     try:
         with h5py.File(path, "r") as f:
             data: dict[str, np.ndarray] = {}
@@ -204,11 +209,7 @@ def save_torch(path: str | Path, obj: dict[str, Any], provenance: dict[str, Any]
 
 
 def load_torch(path: str | Path, rule: str | None = None, check: bool = True) -> dict[str, Any]:
-    path = Path(path)
-    rule = rule or rule_from_sidecar(path)
-    if check:
-        verify(path, rule)
-    made_by = f" (made by rule '{rule}')" if rule else ""
+    path, made_by = _checked(path, rule, check)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files

@@ -89,7 +89,8 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
             n_data, dropped = ms.get("n_data"), ms.get("dropped") or 0
             row["dropped"] = dropped
             if n_data and dropped > 0.05 * (n_data + dropped):
-                flags.append(f"{dropped} posterior samples outside mstep.max_abs ({100 * dropped / (n_data + dropped):.1f} %)")
+                share = 100 * dropped / (n_data + dropped)
+                flags.append(f"{dropped} posterior samples outside mstep.max_abs ({share:.1f} %)")
             frac = e.get("breakdown_fraction")
             if frac is not None and frac > breakdown_limit:
                 flags.append(f"solver breakdowns in {100 * frac:.1f} % of solves")

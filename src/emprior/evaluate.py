@@ -9,7 +9,8 @@ Audit (why an iteration is trustworthy or not):
 - ``estep.residual_ratio_mean``: mean of ||y - A x||^2 / (m Sigma_y) over observations (-> 1 for
   posterior samples consistent with the noise model), with its quantiles;
 - ``estep.solver``: CG/GMRES iterations, residual norms, breakdowns; shard seeds and timings;
-- ``mstep``: loss curve summary, steps, seconds, posterior samples left out by ``mstep.max_abs``; ``artifacts``: sha256 of every input artifact.
+- ``mstep``: loss curve summary, steps, seconds, posterior samples left out by ``mstep.max_abs``;
+  ``artifacts``: sha256 of every input artifact.
 """
 
 from __future__ import annotations

@@ -86,6 +86,14 @@ def _apply(matvec: MatVec, v: Tensor) -> Tensor:
     return out
 
 
+def _initial_residual(matvec: MatVec, b: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor, int]:
+    """(x_0, r_0 = b - M x_0, matvecs used): x_0 = 0 costs no matvec."""
+    if x0 is None:
+        return torch.zeros_like(b), b.clone(), 0
+    x = x0.clone()
+    return x, b - _apply(matvec, x), 1
+
+
 def cg(
     matvec: MatVec,
     b: Tensor,
@@ -109,14 +117,7 @@ def cg(
     e.g. rtol * ||b|| for a relative criterion).
     """
     tol_t = _check(b, x0, maxiter, tol)
-    matvecs = 0
-    if x0 is None:
-        x = torch.zeros_like(b)
-        r = b.clone()
-    else:
-        x = x0.clone()
-        r = b - _apply(matvec, x)
-        matvecs += 1
+    x, r, matvecs = _initial_residual(matvec, b, x0)
     p = r.clone()
     rr = batch_dot(r, r)
     broken = ~torch.isfinite(rr)
@@ -178,14 +179,7 @@ def gmres(
     """
     tol_t = _check(b, x0, maxiter, tol)
     B = b.shape[0]
-    matvecs = 0
-    if x0 is None:
-        x0_ = torch.zeros_like(b)
-        r0 = b.clone()
-    else:
-        x0_ = x0.clone()
-        r0 = b - _apply(matvec, x0_)
-        matvecs += 1
+    x0_, r0, matvecs = _initial_residual(matvec, b, x0)
     beta = batch_dot(r0, r0).sqrt()
     broken = ~torch.isfinite(beta)
     x0_ = torch.where(_col(torch.isfinite(batch_dot(x0_, x0_)), x0_), x0_, torch.zeros_like(x0_))

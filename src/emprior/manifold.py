@@ -8,7 +8,8 @@ so the k-th term has frequency k b_ik <= k and an amplitude that decays like k^(
 ``smoothness`` alpha gives a smoother curve. The coordinates are then standardised, f -> (f - m) / s,
 with the mean m and standard deviation s of f(u) under u ~ U[0, 1), so every coordinate has zero mean
 and unit standard deviation; ``scaling="minmax"`` instead maps each coordinate's range over
-u in [0, 1) onto [-2, 2], as the official DiEM manifold experiment does (with K = 10, alpha = 3). These are the manifolds of the paper's Sec. 4.2 / Fig. 2 (R^3) and of the
+u in [0, 1) onto [-2, 2], as the official DiEM manifold experiment does (with K = 10, alpha = 3).
+These are the manifolds of the paper's Sec. 4.2 / Fig. 2 (R^3) and of the
 low-dimensional manifold experiment of Sec. 5.1 (R^5, Fig. 7).
 """
 
