@@ -25,7 +25,7 @@ slurm-test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash .ci/slurm-test.sh
 
 bench: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m benchmark -p no:cacheprovider -o addopts="" benchmarks
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/em_scaling.py
 
 dry-paper: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile slurm -n all

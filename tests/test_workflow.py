@@ -49,6 +49,8 @@ def test_every_iteration_has_its_artifacts(run_dir):
                     assert side["provenance"]["config_digest"] and side["provenance"]["versions"]["torch"]
                 m = json.loads((d / "metrics.json").read_text())
                 assert m["iteration"] == k and m["quality"]["sinkhorn"] is not None
+                if exp == "digits":  # FID/IS stand-ins in digits-classifier features
+                    assert m["quality"]["fd_digits"] >= 0 and 1 <= m["quality"]["is_digits"] <= 10
                 if k:
                     assert 0 < m["estep"]["residual_ratio_mean"] < 1e6
                     assert len(m["estep"]["shards"]) == 2

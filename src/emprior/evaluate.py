@@ -4,6 +4,8 @@ Sample quality of q_k (from ``prior_samples.h5`` against ``clean.h5``):
 - ``sinkhorn``: debiased Sinkhorn divergence S(q, p1) - S(p1, p2) in data space, as the official DiEM
   code reports it (p1, p2 halves of the true latents); for images this is in pixel space.
 - ``fid`` / ``is``: torch-fidelity, only with real Inception weights; otherwise the reason is recorded.
+- ``fd_digits`` / ``is_digits`` (``evaluate.classifier: digits``): the same formulas in the features of
+  a small classifier trained on the clean digits (:mod:`emprior.metrics.classifier`), CPU stand-ins.
 
 Audit (why an iteration is trustworthy or not):
 - ``estep.residual_ratio_mean``: mean of ||y - A x||^2 / (m Sigma_y) over observations (-> 1 for
@@ -47,6 +49,10 @@ def sample_quality(samples: np.ndarray, clean: np.ndarray, ev: dict[str, Any], s
     p = p[rng.permutation(len(p))[:n_ref]]
     out["sinkhorn"] = float(debiased_to_reference(q, p, reg=ev.get("sinkhorn_reg", 1e-3), rng=rng))
     out["sinkhorn_reg"] = ev.get("sinkhorn_reg", 1e-3)
+    if ev.get("classifier") == "digits":  # FID/IS stand-ins (emprior.metrics.classifier)
+        from emprior.metrics.classifier import digits_scores
+
+        out.update(digits_scores(samples, clean))
     if samples.ndim == 4 and ev.get("fid", True):
         from emprior.metrics import MetricUnavailable, fid_is
 

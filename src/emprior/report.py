@@ -51,14 +51,15 @@ def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFra
         rows.append({
             "method": "DiEM", "covariance": cov, "dataset": exp["dataset"]["name"], "deleted": deleted,
             "iterations": rec["iteration"], "sinkhorn": q.get("sinkhorn"),
-            "fid": q.get("fid"), "is": q.get("is"), "fid_status": q.get("fid_status", "n/a: not an image set"),
+            "fd_digits": q.get("fd_digits"), "is_digits": q.get("is_digits"), "fid": q.get("fid"), "is": q.get("is"), "fid_status": q.get("fid_status", "n/a: not an image set"),
             "paper_fid": float(match.fid.iloc[0]) if len(match) else None,
             "paper_is": float(match["is"].iloc[0]) if len(match) else None,
             "paper_deleted": float(match.deleted.iloc[0]) if len(match) else None,
         })
     for _, p in paper[paper.method != "DiEM"].iterrows():
         rows.append({"method": p.method, "covariance": None, "dataset": "cifar10 (paper only)",
-                     "deleted": None, "iterations": None, "sinkhorn": None, "fid": None, "is": None,
+                     "deleted": None, "iterations": None, "sinkhorn": None, "fd_digits": None,
+                     "is_digits": None, "fid": None, "is": None,
                      "fid_status": "not run in this preset", "paper_fid": p.fid, "paper_is": p["is"],
                      "paper_deleted": p.deleted})
     return pd.DataFrame(rows)
@@ -90,11 +91,14 @@ def metric_curves(config: dict[str, Any], experiment: str, metrics_paths: list[s
         rows.append({"variant": r["variant"], "iteration": r["iteration"],
                      "sinkhorn": r.get("quality", {}).get("sinkhorn"),
                      "fid": r.get("quality", {}).get("fid"),
+                     "fd_digits": r.get("quality", {}).get("fd_digits"),
                      "residual_ratio": r.get("estep", {}).get("residual_ratio_mean")})
     df = pd.DataFrame(rows).sort_values(["variant", "iteration"])
     panels = [("sinkhorn", "Sinkhorn divergence to truth"), ("residual_ratio", "E-step ||y-Ax||²/(m Σy)")]
     if df["fid"].notna().any():
         panels.insert(1, ("fid", "FID"))
+    if df["fd_digits"].notna().any():
+        panels.insert(1, ("fd_digits", "FD, digits-classifier features"))
     sns.set_theme(style="whitegrid")
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
     for ax, (col, title) in zip(np.atleast_1d(axes), panels):
