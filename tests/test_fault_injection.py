@@ -3,6 +3,7 @@ session at random points, rerun, and check that (1) the final artifacts equal th
 uninterrupted run, bit for bit (metrics.json: all but its run-dependent ``timing`` block), and
 (2) nothing that had finished before a kill is recomputed."""
 
+import base64
 import hashlib
 import json
 import os
@@ -49,12 +50,32 @@ def find_process(pattern: str) -> int | None:
     return None
 
 
+def snakemake_incomplete(workdir: Path) -> set[Path]:
+    """Outputs Snakemake marks incomplete: its job was killed before Snakemake recorded it as done
+    (file persistence: one marker per output under .snakemake/incomplete/, named by the urlsafe
+    base64 of the path, split into '@'-prefixed chunks when long)."""
+    root = workdir / ".snakemake" / "incomplete"
+    out = set()
+    for marker in root.rglob("*") if root.exists() else []:
+        if marker.is_file():
+            encoded = "".join(part.lstrip("@") for part in marker.relative_to(root).parts)
+            try:
+                out.add((workdir / base64.urlsafe_b64decode(encoded).decode()).resolve())
+            except (ValueError, UnicodeDecodeError):
+                continue
+    return out
+
+
 def finished_artifacts(results: Path) -> dict[str, float]:
-    """Artifacts whose checksum sidecar exists (i.e. complete), with their mtimes."""
+    """Finished artifacts with their mtimes: the checksum sidecar exists (the write completed) and
+    Snakemake does not mark the output incomplete (a job SIGKILLed between writing its output and
+    Snakemake's bookkeeping is rerun by --rerun-incomplete, by design)."""
+    incomplete = snakemake_incomplete(results.parent)
     return {str(p.relative_to(results)): p.stat().st_mtime for p in results.rglob("*")
             if p.is_file() and p.suffix in (".h5", ".pt", ".json") and not p.name.endswith(".prov.json")
             and not p.name.endswith(".resume.pt")  # intra-iteration training state, deleted when done
-            and Path(str(p) + ".prov.json").exists() and ".config" not in p.parts}
+            and Path(str(p) + ".prov.json").exists() and ".config" not in p.parts
+            and p.resolve() not in incomplete}
 
 
 def comparable(path: Path) -> str:
