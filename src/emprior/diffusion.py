@@ -157,6 +157,7 @@ class EMA:
             raise ValueError(f"decay: must be in [0, 1), got {decay!r}")
         self.decay = decay
         self.shadow: dict[str, Tensor] = {k: v.detach().clone() for k, v in self._tensors(model)}
+        self._pairs: tuple | None = None
 
     @staticmethod
     def _tensors(model: nn.Module) -> Iterable[tuple[str, Tensor]]:
@@ -165,14 +166,25 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for name, value in self._tensors(model):
-            if name not in self.shadow:
-                raise KeyError(f"EMA.update: model has tensor {name!r} that the EMA was not built with")
-            avg = self.shadow[name]
-            if avg.is_floating_point():
-                avg.mul_(self.decay).add_(value.detach(), alpha=1 - self.decay)
-            else:
-                avg.copy_(value)
+        # The (shadow, tensor) pairing is built once per model: walking the module tree every step
+        # costs several % of a small network's training step.
+        if self._pairs is None or self._pairs[0] is not model:
+            floats, values, others = [], [], []
+            for name, value in self._tensors(model):
+                if name not in self.shadow:
+                    raise KeyError(f"EMA.update: model has tensor {name!r} that the EMA was not built with")
+                avg = self.shadow[name]
+                if avg.is_floating_point():
+                    floats.append(avg)
+                    values.append(value.detach())
+                else:
+                    others.append((avg, value))
+            self._pairs = (model, floats, values, others)
+        _, floats, values, others = self._pairs
+        if floats:  # one fused kernel over all tensors: shadow + (1 - decay) (param - shadow)
+            torch._foreach_lerp_(floats, values, 1 - self.decay)
+        for avg, value in others:
+            avg.copy_(value)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

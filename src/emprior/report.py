@@ -51,7 +51,8 @@ def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFra
         rows.append({
             "method": "DiEM", "covariance": cov, "dataset": exp["dataset"]["name"], "deleted": deleted,
             "iterations": rec["iteration"], "sinkhorn": q.get("sinkhorn"),
-            "fd_digits": q.get("fd_digits"), "is_digits": q.get("is_digits"), "fid": q.get("fid"), "is": q.get("is"), "fid_status": q.get("fid_status", "n/a: not an image set"),
+            "fd_digits": q.get("fd_digits"), "is_digits": q.get("is_digits"),
+            "fid": q.get("fid"), "is": q.get("is"), "fid_status": q.get("fid_status", "n/a: not an image set"),
             "paper_fid": float(match.fid.iloc[0]) if len(match) else None,
             "paper_is": float(match["is"].iloc[0]) if len(match) else None,
             "paper_deleted": float(match.deleted.iloc[0]) if len(match) else None,
