@@ -45,7 +45,7 @@ from emprior.errors import ConfigError
 from emprior.gaussian import GaussianMixture, GaussianMixtureDenoiser
 from emprior.log import get_logger
 from emprior.manifold import RandomManifold
-from emprior.metrics.sinkhorn import regularized_ot
+from emprior.metrics.sinkhorn import regularized_ot, sinkhorn_divergence
 from emprior.rng import numpy_rng, torch_generator
 
 log = get_logger("emprior.fig2")
@@ -181,17 +181,14 @@ def divergences_at(prior: GaussianMixture, A: torch.Tensor, y: torch.Tensor, noi
     mean_y = denoiser(x_t, sigma) @ A.T  # A E[x | x_t], (B, 1)
     prior_cov = prior.moments()[1]
     noise_cov = noise_std**2 * torch.eye(A.shape[0], dtype=x_t.dtype)
-    # S(p, q) = (OT(p, q) + OT(q, p)) / 2 - (OT(p, p) + OT(q, q)) / 2, as sinkhorn_divergence does it
-    # (symmetrised cross term; all on the atoms x_t, hence one temperature schedule); OT(p, p) is
-    # shared by all covariances.
+    # All measures live on the atoms x_t (one temperature schedule); OT(p, p) is shared by all covariances.
     ot_pp = regularized_ot(x_t, x_t, reg, a=w_p, b=w_p)
     out = {}
     for name in covariances:
         V = covariance_guess(name, x_t, sigma, denoiser, prior_cov)
         log_q_y = _gaussian_loglik(y, mean_y, noise_cov + A @ V @ A.T)  # Eq. (18)
         w_q = _prune(torch.softmax(log_prior_t + log_q_y - log_r, 0))
-        ot_pq = 0.5 * (regularized_ot(x_t, x_t, reg, a=w_p, b=w_q) + regularized_ot(x_t, x_t, reg, a=w_q, b=w_p))
-        out[name] = ot_pq - 0.5 * (ot_pp + regularized_ot(x_t, x_t, reg, a=w_q, b=w_q))
+        out[name] = sinkhorn_divergence(x_t, x_t, reg, a=w_p, b=w_q, ot_xx=ot_pp)
     return out
 
 

@@ -282,11 +282,14 @@ def regularized_ot(x: Any, y: Any, reg: float = 1e-3, a: Any = None, b: Any = No
 
 def sinkhorn_divergence(x: Any, y: Any, reg: float = 1e-3, a: Any = None, b: Any = None,
                         backend: str = "torch", objective: str = "entropic", scaling: float = 0.9,
-                        max_iter: int | None = None, tol: float | None = None) -> float:
+                        max_iter: int | None = None, tol: float | None = None, *,
+                        ot_xx: float | None = None) -> float:
     """Debiased Sinkhorn divergence S(a, b) = V(a, b) - (V(a, a) + V(b, b)) / 2.
 
     V is :func:`regularized_ot` with the same arguments. S(a, a) = 0 exactly (the problems are then
-    identical), and S -> W2^2(a, b) as reg -> 0.
+    identical), and S -> W2^2(a, b) as reg -> 0. ``ot_xx``: V(a, a) when the caller already has it
+    (``regularized_ot(x, x, reg, a=a, b=a)``, e.g. one reference against several candidates on the
+    same points); not used by the "geomloss" entropic shortcut.
 
     With the "torch" backend the cross term is symmetrised, V(a, b) := (V(a, b) + V(b, a)) / 2, and all
     four solves share one temperature schedule. The computed V is then a symmetric function of the two
@@ -306,7 +309,9 @@ def sinkhorn_divergence(x: Any, y: Any, reg: float = 1e-3, a: Any = None, b: Any
     cross = _ot(x, y, a, b, *args)
     if backend == "torch":
         cross = 0.5 * (cross + _ot(y, x, b, a, *args))
-    return cross - 0.5 * (_ot(x, x, a, a, *args) + _ot(y, y, b, b, *args))
+    if ot_xx is None:
+        ot_xx = _ot(x, x, a, a, *args)
+    return cross - 0.5 * (ot_xx + _ot(y, y, b, b, *args))
 
 
 def debiased_to_reference(q: Any, p: Any, reg: float = 1e-3, rng: np.random.Generator | None = None,
