@@ -12,7 +12,7 @@ import torch
 
 from emprior import config as cfgmod
 from emprior.artifacts import load_h5, save_h5, save_torch, verify
-from emprior.errors import ArtifactError, NumericalError
+from emprior.errors import ArtifactError
 from emprior.log import get_logger
 from emprior.provenance import make_provenance
 from emprior.rng import derive_seed, torch_generator
@@ -115,24 +115,13 @@ def mstep(config: dict[str, Any], experiment: str, variant: str, iteration: int,
     from emprior.diffusion import Schedule
     from emprior.models import load_prior
     from emprior.nets import build_denoiser
-    from emprior.training import train_denoiser
+    from emprior.training import train_denoiser, within_box
 
     exp = cfgmod.experiment(config, experiment)
     data, _ = load_h5(posterior, rule="gather_posterior")
     x = torch.as_tensor(data["x"], dtype=torch.float32)
     x_shape = tuple(x.shape[1:])
-    dropped = 0
-    if exp["mstep"].get("max_abs") is not None:
-        # Official DiEM manifold code: posterior samples outside the box |x_i| < 3 (data in [-2, 2])
-        # are left out of training; posterior.h5 keeps them for the audit.
-        keep = (x.reshape(len(x), -1).abs() <= exp["mstep"]["max_abs"]).all(1)
-        dropped = int((~keep).sum())
-        if dropped == len(x):
-            raise NumericalError(f"M-step {experiment}/{variant} iteration {iteration}: every posterior sample "
-                                 f"lies outside |x_i| <= {exp['mstep']['max_abs']} (mstep.max_abs)")
-        x = x[keep]
-        log.info("M-step: %d of %d posterior samples outside |x_i| <= %g left out", dropped, len(keep),
-                 exp["mstep"]["max_abs"])
+    x, dropped = within_box(x, exp["mstep"].get("max_abs"), f"M-step {experiment}/{variant} iteration {iteration}")
     torch.manual_seed(derive_seed(config["seed"], experiment, variant, "net_init"))
     net = build_denoiser(dict(exp["denoiser"]), x_shape)
     if previous:

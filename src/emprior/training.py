@@ -31,6 +31,23 @@ def n_steps(mstep: dict[str, Any], n_data: int) -> int:
     return int(mstep["epochs"]) * max(1, math.ceil(n_data / mstep["batch_size"]))
 
 
+def within_box(x: torch.Tensor, max_abs: float | None, context: str) -> tuple[torch.Tensor, int]:
+    """Training data without the samples that have an entry with |x_i| > ``max_abs`` (None: all kept).
+
+    The official DiEM manifold code trains only on posterior samples inside |x_i| < 3 (data in
+    [-2, 2]): a few E-step samples thrown far off the data would otherwise dominate the DSM loss.
+    Returns (kept samples, number left out); leaving out every sample is a NumericalError."""
+    if max_abs is None:
+        return x, 0
+    keep = (x.reshape(len(x), -1).abs() <= max_abs).all(1)
+    dropped = int((~keep).sum())
+    if dropped == len(x):
+        raise NumericalError(f"{context}: every posterior sample lies outside |x_i| <= {max_abs} (mstep.max_abs)")
+    if dropped:
+        log.info("%s: %d of %d posterior samples outside |x_i| <= %g left out", context, dropped, len(x), max_abs)
+    return x[keep], dropped
+
+
 def augment(x: torch.Tensor, kinds: list[str], generator: torch.Generator) -> torch.Tensor:
     """Image augmentations of Appendix C: horizontal flips and reflection-pad & random crop."""
     if "hflip" in kinds:
