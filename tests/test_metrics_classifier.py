@@ -26,9 +26,8 @@ def test_inception_score_bounds():
 
 
 def test_digits_scores_rank_clean_above_noise_and_blur():
-    """Held-out-like check: a random half of the clean digits scores FD ~ 0 against the other half and
-    an IS near 10; Gaussian noise and heavily blurred digits are far worse (measured: FD 3-4 vs
-    > 100, IS ~ 9.5 vs < 3)."""
+    """Two disjoint sets of 800 clean digits are close (measured FD 1.8, IS 9.7); uniform noise
+    (FD 251, IS 3.0) and the mean digit repeated (FD 175, IS 1.0) are far."""
     x = load_digits()
     order = np.random.default_rng(1).permutation(len(x))
     a, b = x[order[:800]], x[order[800:1600]]
@@ -37,8 +36,9 @@ def test_digits_scores_rank_clean_above_noise_and_blur():
     assert good["is_digits"] > 8.0
     noise = digits_scores(np.random.default_rng(2).uniform(-2, 2, a.shape).astype(np.float32), b)
     blur = digits_scores(np.broadcast_to(a.mean(0), a.shape), b)  # the mean digit, 800 times
-    assert noise["fd_digits"] > 10 * good["fd_digits"] and blur["fd_digits"] > 10 * good["fd_digits"]
-    assert noise["is_digits"] < 0.5 * good["is_digits"] and blur["is_digits"] < 1.5
+    assert good["fd_digits"] < 5.0
+    assert noise["fd_digits"] > 50 * good["fd_digits"] and blur["fd_digits"] > 50 * good["fd_digits"]
+    assert noise["is_digits"] < 0.5 * good["is_digits"] and blur["is_digits"] < 1.1
 
 
 def test_bad_inputs_are_named():

@@ -1,7 +1,7 @@
 """``python -m emprior audit RESULTS_DIR``: one row per EM iteration from its metrics.json, with
-anomalies flagged: NaN/Inf anywhere, a residual blow-up in the E-step, solver breakdowns, > 5 % of posterior
-samples left out of the M-step by mstep.max_abs, missing or
-tampered artifacts, missing shard files."""
+anomalies flagged: NaN/Inf anywhere, a residual blow-up in the E-step, solver breakdowns, > 5 % of
+posterior samples left out of the M-step by mstep.max_abs, missing or tampered artifacts, missing
+shard files."""
 
 from __future__ import annotations
 
@@ -85,12 +85,12 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
             ratio = e.get("residual_ratio_mean")
             if ratio is not None and ratio > residual_blowup:
                 flags.append(f"residual blow-up ({ratio:.3g} > {residual_blowup:g})")
-            # Truncated CG meets a non-SPD Jacobian now and then (Sec. 4.2): flag only when it is common.
             n_data, dropped = ms.get("n_data"), ms.get("dropped") or 0
             row["dropped"] = dropped
             if n_data and dropped > 0.05 * (n_data + dropped):
                 share = 100 * dropped / (n_data + dropped)
                 flags.append(f"{dropped} posterior samples outside mstep.max_abs ({share:.1f} %)")
+            # Truncated CG meets a non-SPD Jacobian now and then (Sec. 4.2): flag only when it is common.
             frac = e.get("breakdown_fraction")
             if frac is not None and frac > breakdown_limit:
                 flags.append(f"solver breakdowns in {100 * frac:.1f} % of solves")

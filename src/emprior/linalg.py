@@ -261,4 +261,3 @@ def _hessenberg_lstsq(H: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
         y = (torch.linalg.pinv(Rk) @ g[:, :k].unsqueeze(-1)).squeeze(-1)
     r = rhs - (H @ y.unsqueeze(-1)).squeeze(-1)
     return y, r.norm(dim=1)
-
