@@ -26,6 +26,9 @@ slurm-test: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/em_scaling.py
+	@if [ -f results/manifold/diem_tweedie/iter_003/posterior.h5 ]; then \
+		$(BIN)/python benchmarks/denormals.py results --experiment manifold; \
+	else echo "benchmarks/denormals.py skipped: needs a finished run (make run)"; fi
 
 dry-paper: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile slurm -n all

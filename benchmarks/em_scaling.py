@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,12 @@ def estep_cmd(cfg_path: Path, experiment: str, variant: str, shard: int, model: 
             "--observations", str(obs), "--out", str(out), "--threads", "1"]
 
 
+# What Snakemake's shell() sets for a job with `threads: 1` (snakemake/shell.py): without it the BLAS and
+# OpenMP pools of two concurrent jobs oversubscribe the two cores.
+JOB_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                  "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")}
+
+
 def bench_estep(cfg: dict, experiment: str, workdir: Path) -> dict:
     variant = next(iter(cfg["experiments"][experiment]["variants"]))
     times, inner = {}, {}
@@ -67,7 +74,8 @@ def bench_estep(cfg: dict, experiment: str, workdir: Path) -> dict:
         start = time.perf_counter()
         procs = [subprocess.Popen(estep_cmd(cfg_path, experiment, variant, j, model, obs,
                                             workdir / f"s{shards}" / f"shard_{j}.h5"),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for j in range(shards)]
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **JOB_ENV})
+                 for j in range(shards)]
         codes = [p.wait() for p in procs]
         times[shards] = time.perf_counter() - start
         assert codes == [0] * shards, codes
@@ -85,6 +93,7 @@ def bench_mstep(cfg: dict, experiment: str, steps: int = 300, repeats: int = 6) 
     from emprior.training import train_denoiser
 
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # as `python -m emprior` does
     exp = cfg["experiments"][experiment]
     x_shape = (1, 8, 8) if exp["dataset"]["name"] == "digits" else (exp["dataset"].get("dim", 5),)
     data = torch.randn(2048, *x_shape)
@@ -103,7 +112,7 @@ def bench_mstep(cfg: dict, experiment: str, steps: int = 300, repeats: int = 6) 
         torch.manual_seed(0)
         net = build_denoiser(dict(exp["denoiser"]), x_shape)
         g = torch.Generator().manual_seed(0)
-        opt = torch.optim.Adam(net.parameters(), lr=mstep["lr"])
+        opt = torch.optim.Adam(net.parameters(), lr=mstep["lr"], foreach=True)  # as train_denoiser
         params = list(net.parameters())
         shadow = [p.detach().clone() for p in params]
         decay, clip = mstep.get("ema_decay"), mstep.get("clip")

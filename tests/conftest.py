@@ -12,6 +12,7 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 
 # Keep the suite light on a 2-core machine.
 torch.set_num_threads(1)
+torch.set_flush_denormal(True)  # as `python -m emprior` does
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 

@@ -86,3 +86,18 @@ def test_derive_seed_is_stable_and_distinct():
     assert derive_seed(0, "digits", "estep", 3) != derive_seed(0, "digits", "estep", 4)
     assert derive_seed(0, "a") != derive_seed(1, "a")
     assert 0 <= derive_seed(123, "x") < 2**63
+
+
+def test_provenance_versions_without_importing_heavy_packages():
+    """Versions come from package metadata: a job that only samples must not pay for importing POT,
+    scikit-learn or Snakemake (that cost each E-step job ~3 s before)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from emprior.provenance import package_versions; v = package_versions(); "
+            "print(json.dumps([v, sorted(m for m in ('ot', 'sklearn', 'snakemake', 'skimage') if m in sys.modules)]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    versions, imported = json.loads(out.strip().splitlines()[-1])
+    assert imported == []
+    for key in ("torch", "numpy", "h5py", "ot", "sklearn"):
+        assert versions[key][0].isdigit(), (key, versions)

@@ -10,17 +10,21 @@ from emprior.fig2 import (COLUMNS, covariance_guess, divergences_at, main, make_
                           sigma_grid, validate_config)
 from emprior.gaussian import GaussianMixture, GaussianMixtureDenoiser
 
-# Small version of the CPU preset: overlapping components (spacing ~ length / 512 ~ 0.02 = std) so the
-# prior is a thin continuous curve; grid [1e-2, 1] so its middle third (0.046, 0.1, 0.22) lies below
-# the manifold's unit scale, where the paper's claim is made.
+# Small version of the CPU preset (4 manifolds instead of 8, for speed): the official DiEM randman
+# manifolds (K=10, alpha=3, coordinates min-max scaled onto [-2, 2]); overlapping components (std 0.02,
+# about the spacing of 512 means along the curve) so the prior is a thin continuous curve; grid
+# [1e-2, 1] so its middle third (0.046, 0.1, 0.22) lies below the manifold's scale, where the paper's
+# claim is made.
 SMALL = dict(n_manifolds=4, n_components=512, component_std=0.02, noise_std=0.01, sigma_min=1e-2,
              sigma_max=1.0, n_sigmas=7, n_samples=192, reg=1e-3,
-             covariances=["tweedie", "prior", "inv", "sigma_t"])
+             covariances=["tweedie", "prior", "inv", "sigma_t"], n_freq=10, smoothness=3.0, scaling="minmax")
 
 
 def test_config_validation():
-    assert validate_config(SMALL)["n_freq"] == 3
-    for key in SMALL:
+    defaults = validate_config({k: v for k, v in SMALL.items() if k not in ("n_freq", "smoothness", "scaling")})
+    assert (defaults["n_freq"], defaults["smoothness"], defaults["scaling"]) == (3, 1.0, "standard")
+    assert validate_config(SMALL)["scaling"] == "minmax"
+    for key in set(SMALL) - {"n_freq", "smoothness", "scaling"}:  # the required keys
         bad = {k: v for k, v in SMALL.items() if k != key}
         with pytest.raises(ValueError, match=key):
             validate_config(bad)
@@ -28,7 +32,8 @@ def test_config_validation():
              ({"noise_std": True}, "noise_std"), ({"sigma_min": 2.0}, "sigma_min"),
              ({"covariances": ["tweedie", "diag"]}, "diag"), ({"covariances": []}, "covariances"),
              ({"covariances": ["inv", "inv"]}, "duplicates"), ({"typo": 1}, "unknown key"),
-             ({"component_std": float("nan")}, "component_std")]
+             ({"component_std": float("nan")}, "component_std"), ({"scaling": "log"}, "scaling.*'log'"),
+             ({"scaling": None}, "scaling"), ({"n_freq": 0}, "n_freq")]
     for change, match in cases:
         with pytest.raises(ValueError, match=match) as info:
             validate_config(SMALL | change)
@@ -87,12 +92,16 @@ def test_gaussian_prior_makes_moment_matching_exact():
 
 
 def test_run_writes_artifacts_and_tweedie_wins(tmp_path):
-    """The paper's claim where it holds at this scale: the exact covariance gives a median divergence
-    >= 10x below every heuristic for sigma_t <= 0.1 (a tenth of the manifold's unit scale), and stays
-    below them at 0.22. Measured with 16 manifolds x 192 samples (config/config.yaml grid): ratio
-    ~3000 at 0.046, ~63 at 0.1, ~7.8 at 0.22, ~2 at 0.46, ~1.4 at 1; so a 10x gap over the whole
-    middle third of [1e-2, 1] is *not* reproduced (0.22 falls short). CSV columns and PNG written
-    atomically with sidecars."""
+    """The paper's claim over the middle third of the grid: with the official code's manifold generator the exact
+    covariance gives a median divergence >= 10x below every heuristic at sigma_t = 0.046, 0.1, 0.22.
+    Measured ratio (best heuristic median / tweedie median) at sigma_t = 0.01 ... 1 (7 values), 192
+    samples, seed 0:
+
+    - this config (4 manifolds): 4.1e5, 1.5e5, 2.0e4, 280, 60, 5.4, 2.3;
+    - 16 manifolds:              4.0e5, 1.6e5, 5.2e3, 147, 17, 4.3, 1.0.
+
+    The heuristics' medians grow ~1600-2000x from sigma_t = 0.01 to 0.46 (both runs). CSV columns and
+    PNG written atomically with sidecars."""
     csv, png = tmp_path / "fig2.csv", tmp_path / "fig2.png"
     main(SMALL, 0, str(csv), str(png), {"rule": "fig2"})
     df = pd.read_csv(csv)
@@ -106,14 +115,13 @@ def test_run_writes_artifacts_and_tweedie_wins(tmp_path):
     med = df.pivot(index="sigma_t", columns="covariance", values="q50")
     n = len(med)
     middle = med.iloc[n // 3: n - n // 3]
-    assert len(middle) == 3
+    np.testing.assert_allclose(middle.index, [0.046416, 0.1, 0.215443], rtol=1e-4)
     for name in ("prior", "inv", "sigma_t"):
-        assert (middle[name].iloc[:2] >= 10 * middle["tweedie"].iloc[:2]).all(), (name, middle)
-        assert middle[name].iloc[2] >= 2 * middle["tweedie"].iloc[2], (name, middle)
-    # The heuristics' error grows by orders of magnitude with sigma_t up to the manifold's (unit) scale,
+        assert (middle[name] >= 10 * middle["tweedie"]).all(), (name, middle)
+    # The heuristics' error grows by orders of magnitude with sigma_t up to the manifold's scale,
     # and every divergence is non-negative (the symmetrised debiasing keeps tiny values >= 0).
     for name in ("prior", "inv", "sigma_t"):
-        assert med[name].iloc[5] > 1e3 * med[name].iloc[0], med[name]
+        assert med[name].iloc[5] > 300 * med[name].iloc[0], med[name]
     assert (df["q25"] > -1e-9).all()
 
 

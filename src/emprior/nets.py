@@ -100,9 +100,9 @@ class MLP(nn.Module):
 
 def _channel_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
     """LayerNorm over the channel axis of (B, C, H, W), per pixel, without affine parameters."""
-    mean = x.mean(dim=1, keepdim=True)
-    var = x.var(dim=1, keepdim=True, unbiased=False)
-    return (x - mean) * torch.rsqrt(var + eps)
+    # F.layer_norm on a channels-last view: one fused kernel, ~2x faster forward + backward on CPU than
+    # mean/var over the strided channel axis.
+    return F.layer_norm(x.movedim(1, -1), x.shape[1:2], eps=eps).movedim(-1, 1)
 
 
 class ModulatedResBlock(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 import platform
 import subprocess
@@ -45,11 +46,13 @@ def package_versions() -> dict[str, str]:
 
     versions = {"python": platform.python_version(), "emprior": emprior.__version__,
                 "torch": torch.__version__, "numpy": numpy.__version__}
-    for name in ("h5py", "snakemake", "ot", "skimage", "sklearn"):
+    # Read from the installed metadata: importing POT, scikit-learn or Snakemake just for a version
+    # string cost every job several seconds.
+    for key, dist in (("h5py", "h5py"), ("snakemake", "snakemake"), ("ot", "POT"), ("skimage", "scikit-image"),
+                      ("sklearn", "scikit-learn")):
         try:
-            module = __import__(name)
-            versions[name] = getattr(module, "__version__", "unknown")
-        except Exception:  # noqa: BLE001 - optional packages only add information
+            versions[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:  # optional packages only add information
             pass
     return versions
 
