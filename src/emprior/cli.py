@@ -147,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_any_config(args.config)
     torch.set_num_threads(args.threads or config.get("torch_threads", 1))
-    # Subnormal floats (SiLU of very negative inputs, tiny gradients) slow CPU kernels: M-steps ran
-    # 1.5-1.9x faster with them flushed to zero (benchmarks/em_scaling.py); results stay deterministic.
+    # Subnormal floats (SiLU of very negative inputs, tiny gradients) slow CPU kernels: the manifold
+    # M-step runs 2.6x faster with them flushed to zero (benchmarks/denormals.py); still deterministic.
     torch.set_flush_denormal(True)
     log.info("%s %s", args.command, " ".join(f"{k}={v}" for k, v in vars(args).items() if k != "command"))
     from emprior import steps
