@@ -332,6 +332,27 @@ def test_ema_math_decay_half():
         EMA(model, decay=1.0)
 
 
+def test_ema_cached_pairs_average_floats_copy_integer_buffers_and_follow_a_new_model():
+    """The fused update keeps the per-tensor math: float buffers (running_mean) are averaged, integer
+    ones (num_batches_tracked) copied; a second model instance gets its own pairing."""
+    model = nn.BatchNorm1d(2)
+    ema = EMA(model, decay=0.5)
+    for _ in range(2):
+        with torch.no_grad():
+            model.running_mean.add_(2.0)
+            model.num_batches_tracked.add_(3)
+        ema.update(model)
+    # running_mean: 0 -> 2 (avg 1) -> 4 (avg 2.5); num_batches_tracked copied: 6
+    assert ema.shadow["running_mean"].tolist() == [2.5, 2.5]
+    assert ema.shadow["num_batches_tracked"].item() == 6
+    other = nn.BatchNorm1d(2)
+    with torch.no_grad():
+        other.running_mean.fill_(10.5)
+    ema.update(other)
+    assert ema.shadow["running_mean"].tolist() == [6.5, 6.5]
+    assert ema.shadow["num_batches_tracked"].item() == 0
+
+
 # --- training: an MLP denoiser learns the analytic denoiser of a Gaussian ------------------------
 
 

@@ -206,3 +206,17 @@ def test_build_denoiser_rejects_bad_config(cfg, shape, key):
         build_denoiser(cfg, shape)
     assert isinstance(info.value, ConfigError)  # the CLI prints it as a one-line error
     assert "\n" not in str(info.value)
+
+
+def test_channel_norm_standardises_each_pixel_over_channels():
+    """_channel_norm (F.layer_norm on a channels-last view) equals (x - mean_c) / sqrt(var_c + eps)
+    per pixel, computed here in float64 the long way."""
+    from emprior.nets import _channel_norm
+
+    x = torch.randn(3, 5, 4, 6, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    y = _channel_norm(x)
+    xd = x.double()
+    ref = (xd - xd.mean(1, keepdim=True)) / torch.sqrt(xd.var(1, keepdim=True, unbiased=False) + 1e-5)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y.mean(1), torch.zeros(3, 4, 6), atol=1e-5, rtol=0)

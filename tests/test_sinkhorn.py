@@ -167,3 +167,18 @@ def test_high_dimensional_events_use_the_same_cost():
     t = np.full((4, 4), 0.25)  # |t|^2 = 16 / 16 = 1
     assert sinkhorn_divergence(x, x + t, 1e-2) == pytest.approx(1.0, rel=0.02)
     assert abs(sinkhorn_divergence(x, x, 1e-2)) < 1e-9
+
+
+def test_precomputed_self_term_gives_the_same_divergence():
+    """On shared atoms (Fig. 2's case: all measures are weights on the same x_t) passing
+    ot_xx = regularized_ot(x, x, a, a) gives exactly the divergence computed without it."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 2))
+    a, b = rng.random(40), rng.random(40) ** 4
+    a, b = a / a.sum(), b / b.sum()
+    full = sinkhorn_divergence(x, x, 1e-1, a=a, b=b)
+    shared = sinkhorn_divergence(x, x, 1e-1, a=a, b=b, ot_xx=regularized_ot(x, x, 1e-1, a=a, b=a))
+    assert full > 1e-3
+    assert full == shared
+    ot_aa = regularized_ot(x, x, 1e-1, a=a, b=a)
+    assert sinkhorn_divergence(x, x, 1e-1, a=a, b=b, ot_xx=ot_aa + 1.0) == pytest.approx(full - 0.5, abs=1e-12)

@@ -289,7 +289,9 @@ def sinkhorn_divergence(x: Any, y: Any, reg: float = 1e-3, a: Any = None, b: Any
     V is :func:`regularized_ot` with the same arguments. S(a, a) = 0 exactly (the problems are then
     identical), and S -> W2^2(a, b) as reg -> 0. ``ot_xx``: V(a, a) when the caller already has it
     (``regularized_ot(x, x, reg, a=a, b=a)``, e.g. one reference against several candidates on the
-    same points); not used by the "geomloss" entropic shortcut.
+    same points). It is bit-identical to the internal solve only when y is x (same bounding box, hence
+    the same temperature schedule); otherwise it differs at the solver's tolerance. Not used by the
+    "geomloss" entropic shortcut.
 
     With the "torch" backend the cross term is symmetrised, V(a, b) := (V(a, b) + V(b, a)) / 2, and all
     four solves share one temperature schedule. The computed V is then a symmetric function of the two
