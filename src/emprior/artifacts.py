@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import sys
+
 import h5py
 import numpy as np
-import torch
 
 from emprior.errors import ArtifactError
 
@@ -133,6 +134,12 @@ def _attr_value(value: Any) -> Any:
     return value
 
 
+def _is_tensor(value: Any) -> bool:
+    # torch is imported lazily (the gather job never needs it): without torch loaded, nothing is a tensor.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def save_h5(path: str | Path, datasets: dict[str, Any], attrs: dict[str, Any] | None = None,
             provenance: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None) -> Path:
     """Write ``datasets`` (name -> array; names may contain '/' for groups) and ``attrs``.
@@ -143,7 +150,7 @@ def save_h5(path: str | Path, datasets: dict[str, Any], attrs: dict[str, Any] | 
     def writer(tmp: Path) -> None:
         with h5py.File(tmp, "w", track_order=True) as f:
             for name, value in datasets.items():
-                if isinstance(value, torch.Tensor):
+                if _is_tensor(value):
                     value = value.detach().cpu().numpy()
                 f.create_dataset(name, data=np.asarray(value))
             for key, value in (attrs or {}).items():
@@ -196,6 +203,8 @@ def load_h5(path: str | Path, rule: str | None = None, check: bool = True
 def save_torch(path: str | Path, obj: dict[str, Any], provenance: dict[str, Any] | None = None,
                runtime: dict[str, Any] | None = None) -> Path:
     """Save a checkpoint made of tensors, numbers, strings, lists and dicts (weights_only-safe)."""
+    import torch
+
     payload = dict(obj)
     if provenance is not None:
         payload["provenance"] = json.dumps(provenance, sort_keys=True, default=str)
@@ -209,6 +218,8 @@ def save_torch(path: str | Path, obj: dict[str, Any], provenance: dict[str, Any]
 
 
 def load_torch(path: str | Path, rule: str | None = None, check: bool = True) -> dict[str, Any]:
+    import torch
+
     path, made_by = _checked(path, rule, check)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -256,7 +267,7 @@ def _json_default(value: Any) -> Any:
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, torch.Tensor):
+    if _is_tensor(value):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)

@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that only move arrays: importing torch (~2-3 s) would be most of their run time, and the
+# gather job sits on every EM iteration's critical path.
+NO_TORCH = frozenset({"gather"})
+
+
 def run(args: argparse.Namespace) -> int:
     from emprior.log import get_logger
 
@@ -143,13 +148,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"ok: {', '.join(args.configs)}")
         return 0
 
-    import torch
-
     config = load_any_config(args.config)
-    torch.set_num_threads(args.threads or config.get("torch_threads", 1))
-    # Subnormal floats (SiLU of very negative inputs, tiny gradients) slow CPU kernels: the manifold
-    # M-step runs 2.6x faster with them flushed to zero (benchmarks/denormals.py); still deterministic.
-    torch.set_flush_denormal(True)
+    if args.command not in NO_TORCH:
+        import torch
+
+        torch.set_num_threads(args.threads or config.get("torch_threads", 1))
+        # Subnormal floats (SiLU of very negative inputs, tiny gradients) slow CPU kernels: the manifold
+        # M-step runs 2.6x faster with them flushed to zero (benchmarks/denormals.py); still deterministic.
+        torch.set_flush_denormal(True)
     log.info("%s %s", args.command, " ".join(f"{k}={v}" for k, v in vars(args).items() if k != "command"))
     from emprior import steps
 

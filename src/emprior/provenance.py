@@ -7,7 +7,9 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +41,29 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _torch_version() -> str:
+    """torch.__version__ (with its build tag, e.g. 2.14.1+cu130) without importing torch when a job
+    does not use it: it is the line ``__version__ = '...'`` of the installed torch/version.py."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return str(torch.__version__)
+    try:
+        dist = importlib.metadata.distribution("torch")
+        text = Path(str(dist.locate_file("torch/version.py"))).read_text()
+        match = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+        return match.group(1) if match else dist.version
+    except (importlib.metadata.PackageNotFoundError, OSError):
+        import torch as _torch
+
+        return str(_torch.__version__)
+
+
 @functools.lru_cache(maxsize=1)
 def package_versions() -> dict[str, str]:
     import numpy
-    import torch
 
     versions = {"python": platform.python_version(), "emprior": emprior.__version__,
-                "torch": torch.__version__, "numpy": numpy.__version__}
+                "torch": _torch_version(), "numpy": numpy.__version__}
     # Read from the installed metadata: importing POT, scikit-learn or Snakemake just for a version
     # string cost every job several seconds.
     for key, dist in (("h5py", "h5py"), ("snakemake", "snakemake"), ("ot", "POT"), ("skimage", "scikit-image"),

@@ -7,9 +7,12 @@ the order in which jobs run.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported on use: jobs that only move arrays (gather) never load it
+    import torch
 
 
 def derive_seed(base: int, *keys: object) -> int:
@@ -19,6 +22,8 @@ def derive_seed(base: int, *keys: object) -> int:
 
 
 def torch_generator(base: int, *keys: object) -> torch.Generator:
+    import torch
+
     g = torch.Generator(device="cpu")
     g.manual_seed(derive_seed(base, *keys))
     return g

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from emprior import config as cfgmod
 from emprior.artifacts import load_h5, save_h5, save_torch, verify
@@ -112,6 +111,8 @@ def gather(config: dict[str, Any], experiment: str, variant: str, iteration: int
 
 def mstep(config: dict[str, Any], experiment: str, variant: str, iteration: int, posterior: str,
           previous: str | None, out: str) -> None:
+    import torch
+
     from emprior.diffusion import Schedule
     from emprior.models import load_prior
     from emprior.nets import build_denoiser
@@ -147,6 +148,8 @@ def mstep(config: dict[str, Any], experiment: str, variant: str, iteration: int,
 
 def prior_samples(config: dict[str, Any], experiment: str, variant: str, iteration: int, model: str,
                   out: str) -> None:
+    import torch
+
     from emprior.diffusion import Schedule, sample
     from emprior.models import load_prior
 
