@@ -14,11 +14,10 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
-
-import sys
 
 import h5py
 import numpy as np
