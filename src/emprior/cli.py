@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads or config.get("torch_threads", 1))
         # Subnormal floats (SiLU of very negative inputs, tiny gradients) slow CPU kernels: the manifold
-        # M-step runs 2.6x faster with them flushed to zero (benchmarks/denormals.py); still deterministic.
+        # M-step (width-256 MLP) ran 2.6x faster with them flushed to zero (benchmarks/denormals.py).
         torch.set_flush_denormal(True)
     log.info("%s %s", args.command, " ".join(f"{k}={v}" for k, v in vars(args).items() if k != "command"))
     from emprior import steps

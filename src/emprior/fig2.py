@@ -2,14 +2,10 @@
 
 For each of ``n_manifolds`` random 1-d manifolds in R^3 (:class:`emprior.manifold.RandomManifold`,
 shape set by the optional keys ``n_freq``, ``smoothness``, ``scaling``; defaults 3, 1.0, "standard"
-so old configs keep their meaning). The presets use the generator and scaling of the official DiEM
-manifold experiment (Sec. 5.1): 10 sinusoids per coordinate, amplitude decay alpha = 3, every
-coordinate min-max scaled onto [-2, 2] (``n_freq: 10``, ``smoothness: 3.0``, ``scaling: minmax``); the
-paper does not state Fig. 2's manifold parameters, and the result depends on them. Measured with these
-manifolds (192 atoms, sigma_t in [1e-2, 1]): the best heuristic's median divergence is 5.2e3, 147 and
-17x the exact covariance's over the middle third of the grid (sigma_t = 0.046, 0.1, 0.22) with 16
-manifolds, as the paper claims (>= 10x); with the old defaults (3 sinusoids, alpha = 1, unit standard
-deviation per coordinate, i.e. a rougher curve at a smaller scale) it was 7.8x at 0.22.
+so configs without them keep their meaning). The presets use the official DiEM manifold generator
+(10 sinusoids, alpha = 3, coordinates min-max scaled onto [-2, 2]); the paper does not state Fig. 2's
+manifold parameters and the heuristics' gap depends on them (measured ratios: README, "Fig. 2", and
+``tests/test_fig2.py``).
 
 - prior p(x) = (1/K) sum_k N(x | mu_k, s^2 I), mu_k = f((k + 1/2) / K) evenly spaced on the manifold
   (K = ``n_components``, s = ``component_std``), so p(x_t), E[x | x_t], V[x | x_t] are exact
