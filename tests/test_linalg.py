@@ -200,3 +200,45 @@ def test_converged_samples_are_not_counted_as_breakdowns():
     assert info.breakdowns == 0
     assert info.iterations <= 3
     torch.testing.assert_close(x, b / M)
+
+
+@pytest.mark.parametrize("solver", [cg, gmres])
+@pytest.mark.parametrize("with_x0", [False, True])
+def test_image_is_z_of_the_solution(solver, with_x0):
+    """image=True: matvec returns (M u, Z u) with Z: R^4 -> R^(2x3); SolveInfo.image equals Z x for the
+    returned x, to rounding, for samples that converge, stop early (tol), break down or hit maxiter,
+    and the solve itself is unchanged (same x, same matvec count)."""
+    g = torch.Generator().manual_seed(11)
+    n, B = 4, 4
+    M = _spd(B, n, g)
+    M[2] = torch.diag(torch.tensor([1.0, -1.0, 2.0, -2.0], dtype=torch.float64))  # CG breaks down
+    M[3] = torch.eye(n, dtype=torch.float64) * 2.0  # converges at once
+    Z = torch.randn(B, 6, n, generator=g, dtype=torch.float64)
+    b = torch.randn(B, n, generator=g, dtype=torch.float64)
+    b[2] = 1.0
+    x0 = 0.1 * torch.randn(B, n, generator=g, dtype=torch.float64) if with_x0 else None
+    mv = _mv(M, (n,))
+
+    def mv_z(v):
+        return mv(v), (Z @ v.unsqueeze(-1)).reshape(v.shape[0], 2, 3)
+
+    tol = torch.tensor([0.0, 1e-1, 0.0, 0.0], dtype=torch.float64)
+    for maxiter in (1, 2, n):
+        x_ref, info_ref = solver(mv, b, x0=x0, maxiter=maxiter, tol=tol)
+        x, info = solver(mv_z, b, x0=x0, maxiter=maxiter, tol=tol, image=True)
+        assert torch.equal(x, x_ref) and info.matvecs == info_ref.matvecs and info_ref.image is None
+        expected = (Z @ x.unsqueeze(-1)).reshape(B, 2, 3)
+        assert info.image.shape == (B, 2, 3)
+        assert (info.image - expected).abs().max().item() < 1e-12, (solver.__name__, maxiter)
+    if solver is cg:
+        assert info.broken.tolist() == [False, False, True, False]
+    with pytest.raises(ValueError, match="pair"):
+        solver(mv, b, maxiter=1, image=True)
+
+
+def test_image_without_a_matvec_is_none():
+    """x = x_0 = 0 and nothing to do (b = 0): no matvec, so Z x (shape unknown) is reported as None."""
+    b = torch.zeros(2, 3, dtype=torch.float64)
+    for solver in (cg, gmres):
+        x, info = solver(lambda v: (v, v), b, maxiter=2, image=True)
+        assert (x == 0).all() and info.matvecs == 0 and info.image is None

@@ -117,7 +117,7 @@ def test_mmps_is_exact_for_a_gaussian_prior(problem, options):
     for b in range(B):
         ref = _exact_mean_given_xt_y(p["mu"], p["C"], p["A"], p["y"], p["noise"], x_t[b], SIGMAS[b])
         assert (out[b].reshape(-1) - ref).abs().max().item() < 1e-8, float(SIGMAS[b])
-    assert post.stats["vjps_per_call"] == (4 if opts["covariance"] == "tweedie" else 1)
+    assert post.stats["vjps_per_call"] == (3 if opts["covariance"] == "tweedie" else 1)
     assert post.stats["breakdowns"] == 0 and post.stats["fallbacks"] == 0
     assert post.summary()["relative_residual"] < 1e-10
 
@@ -322,8 +322,9 @@ def test_dps_and_diffpir_formulas(problem):
 
 
 def test_vjp_counts_per_call(problem):
-    """VJPs per call: dps 1, pigdm 1 (its system has no Jacobian), tmpd 2, mmps-tweedie(k) k + 1,
-    mmps with a heuristic covariance 1, diffpir 0."""
+    """VJPs per call: dps 1, pigdm 1 (its system has no Jacobian), tmpd 2, mmps-tweedie(k) k (the
+    official code: k + 1; the last step reuses the solver's VJPs), mmps with a heuristic covariance 1,
+    diffpir 0."""
     p = problem
     x_t = torch.randn(2, *SHAPE, generator=_gen(7), dtype=D64)
     y = p["y"].expand(2, -1)
@@ -334,7 +335,7 @@ def test_vjp_counts_per_call(problem):
         ("diffpir", {}, 0),
         ("mmps", {"covariance": "sigma_t", "maxiter": 3}, 1),
     ]
-    cases += [("mmps", {"maxiter": k, "solver": s}, k + 1) for k in (1, 2, 3) for s in ("cg", "gmres")]
+    cases += [("mmps", {"maxiter": k, "solver": s}, k) for k in (1, 2, 3) for s in ("cg", "gmres")]
     for method, options, expected in cases:
         post = make_posterior(method, p["den"], p["op"], y, **options)
         post(x_t, 1.0)
@@ -346,7 +347,7 @@ def test_vjp_counts_per_call(problem):
 def test_breakdown_and_fallback_stay_finite():
     """(1) d(x) = -x has J = -I: Sigma_y + A V A^T is negative definite, CG breaks down at once,
     v = 0 and the estimate is x_hat, counted per sample. (2) d(x) = |x| at x = 0 has a NaN VJP: that
-    sample breaks down and its non-finite estimate falls back to x_hat = 0; the other is unaffected."""
+    sample ends at x_hat = 0 (a breakdown with tweedie, a fallback with sigma_t); the other is unaffected."""
     op = DenseOp(torch.eye(3, 8, dtype=D64), 0.01)
     y = torch.ones(2, 3, dtype=D64)
     x_t = torch.randn(2, *SHAPE, generator=_gen(8), dtype=D64)
@@ -356,15 +357,19 @@ def test_breakdown_and_fallback_stay_finite():
 
     x_t[0] = x_t[0].abs() + 0.1  # J = I there: a well-posed sample next to the broken one
     x_t[1] = 0.0
-    post = make_posterior("mmps", lambda x, s: torch.sqrt(x**2), op, y, maxiter=3)
-    out = post(x_t, 1.0)
-    assert torch.isfinite(out).all()
-    assert post.stats["breakdowns"] == 1 and post.stats["fallbacks"] == 1
-    assert (out[1] == 0).all()
-    # sample 0: d = identity near x_t, V = I, A A^T = I: x_t + A^T (y - A x_t) / (0.01^2 + 1)
+    # sample 0: d = identity near x_t, V = I (tweedie and sigma_t at sigma = 1), A A^T = I:
     x0 = x_t[0].reshape(-1)
     ref = x0 + op.M.T @ (y[0] - op.M @ x0) / (0.01**2 + 1)
-    assert (out[0].reshape(-1) - ref).abs().max().item() < 1e-12
+    # tweedie: the NaN VJP breaks sample 1's solve at once, v = 0, so its guidance is the solver's
+    # (zero) image and the estimate is x_hat = 0 without a fallback.
+    # sigma_t: the solve is finite, the last step's VJP is NaN, so sample 1 falls back to x_hat = 0.
+    for covariance, breakdowns, fallbacks in (("tweedie", 1, 0), ("sigma_t", 0, 1)):
+        post = make_posterior("mmps", lambda x, s: torch.sqrt(x**2), op, y, maxiter=3, covariance=covariance)
+        out = post(x_t, 1.0)
+        assert torch.isfinite(out).all()
+        assert post.stats["breakdowns"] == breakdowns and post.stats["fallbacks"] == fallbacks, covariance
+        assert (out[1] == 0).all()
+        assert (out[0].reshape(-1) - ref).abs().max().item() < 1e-12, covariance
 
 
 def test_float32_and_no_grad_context(problem):
@@ -397,3 +402,40 @@ def test_validation_messages(problem):
         make_posterior("mmps", p["den"], p["op"], p["y"])  # unbatched y
     with pytest.raises(ValueError, match="sigma"):
         make_posterior("dps", p["den"], p["op"], y)(torch.zeros(2, *SHAPE, dtype=D64), 0.0)
+
+
+@pytest.mark.parametrize("solver", ["cg", "gmres"])
+@pytest.mark.parametrize("maxiter", [1, 3])
+def test_tweedie_guidance_reuses_the_solver_vjps(solver, maxiter):
+    """A nonlinear denoiser (non-symmetric Jacobian): MMPS-tweedie's estimate equals Algorithm 3 done
+    step by step, x_hat + sigma^2 J^T A^T v with v from the same solve and a separate VJP, to 1e-12,
+    while spending maxiter VJPs instead of maxiter + 1."""
+    from emprior.linalg import cg, gmres
+
+    g = _gen(21)
+    W1 = torch.randn(8, 16, generator=g, dtype=D64) / 3
+    W2 = torch.randn(16, 8, generator=g, dtype=D64) / 4
+
+    def den(x, s):
+        h = torch.tanh(x.reshape(x.shape[0], -1) @ W1)
+        return (x.reshape(x.shape[0], -1) + h @ W2).reshape(x.shape) / (1 + s.reshape(-1, 1, 1) ** 2) ** 0.5
+
+    op = DenseOp(torch.randn(3, 8, generator=g, dtype=D64), 0.05)
+    y = torch.randn(4, 3, generator=g, dtype=D64)
+    x_t = torch.randn(4, *SHAPE, generator=g, dtype=D64)
+    sigma = torch.tensor([0.05, 0.3, 1.0, 3.0], dtype=D64)
+    post = make_posterior("mmps", den, op, y, covariance="tweedie", solver=solver, maxiter=maxiter)
+    out = post(x_t, sigma)
+    assert post.stats["vjps_per_call"] == maxiter
+
+    x = x_t.clone().requires_grad_(True)
+    x_hat = den(x, sigma)
+
+    def vjp(u):
+        return torch.autograd.grad(x_hat, x, u, retain_graph=True)[0]
+
+    s2 = sigma.reshape(-1, 1, 1) ** 2
+    v, _ = {"cg": cg, "gmres": gmres}[solver](lambda v: 0.05**2 * v + op.A(s2 * vjp(op.At(v))),
+                                                y - op.A(x_hat.detach()), maxiter=maxiter)
+    ref = x_hat.detach() + s2 * vjp(op.At(v))
+    assert (out - ref).abs().max().item() < 1e-12

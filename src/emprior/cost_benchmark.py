@@ -3,8 +3,9 @@
 For each method (DiffPIR, DPS, GDM, TMPD, MMPS (1/3/5) by default, options as in Table 4) we measure
 
 - ``vjps_per_step``: vector-Jacobian products per posterior-denoiser call, from the denoiser's
-  ``stats`` (paper: 0, 1, 1, 2, 2, 4, 6; MMPS (k) with the Tweedie covariance costs k solver
-  matvecs, one VJP each, plus the final J^T A^T v of Eq. (19));
+  ``stats``: 0, 1, 1, 2, 1, 3, 5 (paper: 0, 1, 1, 2, 2, 4, 6). MMPS (k) with the Tweedie covariance
+  costs k solver matvecs, one VJP each; the official code spends one more on the final J^T A^T v of
+  Eq. (19), which emprior accumulates from the solver's products (:mod:`emprior.linalg`, ``image``);
 - ``time_ms`` / ``cpu_ms``: wall / process-CPU time of one sampling step (Algorithm 2 with the
   posterior denoiser), the median over ``repeats`` timed runs of ``steps`` steps each, divided by
   ``steps``. All methods are timed in one process after ``warmup`` untimed runs each, and the repeats

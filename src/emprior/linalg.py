@@ -17,6 +17,11 @@ vector, or an Arnoldi breakdown (h_{j+1,j} ~ 0) whose least-squares residual is 
 max(tol, sqrt(eps) ||r_0||) (singular M). A *lucky* Arnoldi breakdown (invariant Krylov space,
 residual at rounding level) is convergence, not a breakdown. Broken samples keep their last finite
 iterate, so no NaN is ever returned.
+
+``image=True``: the matvec returns a pair (M u, Z u) for some linear map Z (in MMPS, M = Sigma_y + A Z
+with Z = V A^T), and the solver also returns Z x in ``SolveInfo.image``, accumulated from the Z u of
+the vectors it multiplied, with the same coefficients and masks as x. No extra matvec: for
+MMPS with the tweedie covariance this saves the VJP of Algorithm 3's last step.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class SolveInfo:
     breakdowns:    number of samples that broke down (see the module docstring).
     matvecs:       total matvec calls, including the one for r_0 = b - M x_0 when x0 is given.
     broken:        (B,) bool mask of the samples that broke down.
+    image:         Z x when the solver was called with ``image=True`` (see the module docstring).
     """
 
     iterations: int
@@ -50,6 +56,7 @@ class SolveInfo:
     breakdowns: int
     matvecs: int = 0
     broken: Tensor | None = None
+    image: Tensor | None = None
 
 
 def batch_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -79,19 +86,27 @@ def _check(b: Tensor, x0: Tensor | None, maxiter: int, tol: float | Tensor) -> T
     return tol_t
 
 
-def _apply(matvec: MatVec, v: Tensor) -> Tensor:
+def _apply(matvec: Callable, v: Tensor, image: bool = False) -> tuple[Tensor, Tensor | None]:
+    """(M v, Z v) when ``image`` (matvec returns the pair), else (M v, None)."""
     out = matvec(v)
+    z = None
+    if image:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError("matvec: with image=True it must return a pair (M v, Z v)")
+        out, z = out
     if out.shape != v.shape:
         raise ValueError(f"matvec: returned shape {tuple(out.shape)} for input shape {tuple(v.shape)}")
-    return out
+    return out, z
 
 
-def _initial_residual(matvec: MatVec, b: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor, int]:
-    """(x_0, r_0 = b - M x_0, matvecs used): x_0 = 0 costs no matvec."""
+def _initial_residual(matvec: Callable, b: Tensor, x0: Tensor | None,
+                      image: bool = False) -> tuple[Tensor, Tensor, int, Tensor | int | None]:
+    """(x_0, r_0 = b - M x_0, matvecs used, Z x_0): x_0 = 0 costs no matvec (Z x_0 = 0 then)."""
     if x0 is None:
-        return torch.zeros_like(b), b.clone(), 0
+        return torch.zeros_like(b), b.clone(), 0, (0 if image else None)
     x = x0.clone()
-    return x, b - _apply(matvec, x), 1
+    Mx, Zx = _apply(matvec, x, image)
+    return x, b - Mx, 1, Zx
 
 
 def cg(
@@ -100,6 +115,7 @@ def cg(
     x0: Tensor | None = None,
     maxiter: int = 1,
     tol: float | Tensor = 0.0,
+    image: bool = False,
 ) -> tuple[Tensor, SolveInfo]:
     """Conjugate gradient, Algorithm 4, batched with per-sample coefficients::
 
@@ -114,15 +130,19 @@ def cg(
     For SPD M_b of size n, CG reaches the exact solution in at most n iterations (exact
     arithmetic). With x0 = None (x_0 = 0) and maxiter = 1 the result is the closed form
     x = (r^T r / r^T M r) r with r = b. ``tol`` is absolute on ||r_i|| (a float or a (B,) tensor,
-    e.g. rtol * ||b|| for a relative criterion).
+    e.g. rtol * ||b|| for a relative criterion). ``image``: see the module docstring (z = Z x is
+    updated as z + alpha Z p wherever x is; None if x = x_0 = 0 without a matvec).
     """
     tol_t = _check(b, x0, maxiter, tol)
-    x, r, matvecs = _initial_residual(matvec, b, x0)
+    x, r, matvecs, z = _initial_residual(matvec, b, x0, image)
     p = r.clone()
     rr = batch_dot(r, r)
     broken = ~torch.isfinite(rr)
     # A non-finite initial residual (from x0) is a breakdown; x stays x0 (zeroed if non-finite).
-    x = torch.where(_col(torch.isfinite(batch_dot(x, x)), x), x, torch.zeros_like(x))
+    finite_x0 = torch.isfinite(batch_dot(x, x))
+    x = torch.where(_col(finite_x0, x), x, torch.zeros_like(x))
+    if image and x0 is not None:
+        z = torch.where(_col(finite_x0, z), z, torch.zeros_like(z))
     # Residuals at rounding level count as converged: iterating on them gives p^T M p ~ 0 and a
     # spurious "breakdown" (e.g. a diagonal system solved exactly in one step).
     tol_t = torch.maximum(tol_t, 10 * torch.finfo(b.dtype).eps * rr.sqrt().nan_to_num(0.0))
@@ -133,7 +153,7 @@ def cg(
         if not bool(active.any()):
             break
         p = torch.where(_col(active, p), p, torch.zeros_like(p))
-        Mp = _apply(matvec, p)
+        Mp, Zp = _apply(matvec, p, image)
         matvecs += 1
         iterations += 1
         pMp = batch_dot(p, Mp)
@@ -147,13 +167,17 @@ def cg(
         step = active & ~bad
         c = _col(step, x)
         x = torch.where(c, x_new, x)
+        if image:
+            z = torch.where(_col(step, Zp), z + _col(alpha, Zp) * Zp, z)
         r = torch.where(c, r_new, r)
         beta = rr_new / torch.where(step, rr, torch.ones_like(rr))
         p = torch.where(c, r_new + _col(beta, p) * p, p)
         rr = torch.where(step, rr_new, rr)
         done = done | (step & (rr.sqrt() <= tol_t))
     res = torch.where(torch.isfinite(rr), rr, torch.full_like(rr, float("inf"))).sqrt()
-    return x, SolveInfo(iterations, res, int(broken.sum()), matvecs, broken)
+    if image and not isinstance(z, Tensor):  # x = x_0 = 0 and no matvec: Z's output shape is unknown
+        z = None
+    return x, SolveInfo(iterations, res, int(broken.sum()), matvecs, broken, z)
 
 
 def gmres(
@@ -162,6 +186,7 @@ def gmres(
     x0: Tensor | None = None,
     maxiter: int = 1,
     tol: float | Tensor = 0.0,
+    image: bool = False,
 ) -> tuple[Tensor, SolveInfo]:
     """GMRES (Saad & Schultz 1986) without restarts: ``maxiter`` Arnoldi steps, per sample.
 
@@ -175,14 +200,19 @@ def gmres(
     give the exact solution. M need not be symmetric. Each sample has its own H_k and y_k; a sample
     whose residual is <= ``tol`` (absolute) or whose Arnoldi process breaks down stops extending its
     basis (its extra columns of H are padded with unit vectors and a zero right-hand side, which
-    decouples them and sets those coefficients to 0).
+    decouples them and sets those coefficients to 0). ``image``: see the module docstring
+    (Z x = Z x_0 + sum_i y_i Z v_i; None if x = x_0 = 0 without a matvec).
     """
     tol_t = _check(b, x0, maxiter, tol)
     B = b.shape[0]
-    x0_, r0, matvecs = _initial_residual(matvec, b, x0)
+    x0_, r0, matvecs, z0 = _initial_residual(matvec, b, x0, image)
+    z_basis = []
     beta = batch_dot(r0, r0).sqrt()
     broken = ~torch.isfinite(beta)
-    x0_ = torch.where(_col(torch.isfinite(batch_dot(x0_, x0_)), x0_), x0_, torch.zeros_like(x0_))
+    finite_x0 = torch.isfinite(batch_dot(x0_, x0_))
+    x0_ = torch.where(_col(finite_x0, x0_), x0_, torch.zeros_like(x0_))
+    if image and x0 is not None:
+        z0 = torch.where(_col(finite_x0, z0), z0, torch.zeros_like(z0))
     done = (beta <= tol_t) & ~broken
     stopped = done | broken
     safe_beta = torch.where(stopped, torch.ones_like(beta), beta)
@@ -198,7 +228,8 @@ def gmres(
         active = ~stopped
         if not bool(active.any()):
             break
-        w = _apply(matvec, basis[j])
+        w, zw = _apply(matvec, basis[j], image)
+        z_basis.append(zw)
         matvecs += 1
         k = j + 1
         w_norm0 = batch_dot(w, w).sqrt()
@@ -229,7 +260,7 @@ def gmres(
         done = done | conv | (active & finite & tiny & ~lucky_fail)
         broken = broken | lucky_fail
         stopped = stopped | conv | broken | (active & tiny)
-    x = x0_
+    x, z = x0_, z0
     if k > 0:
         upd = torch.zeros_like(b)
         for i in range(k):
@@ -237,8 +268,15 @@ def gmres(
         ok = torch.isfinite(batch_dot(upd, upd))
         broken = broken | ~ok
         x = torch.where(_col(ok, b), x0_ + upd, x0_)
+        if image:
+            # decoupled columns have y_i = 0; where() keeps a non-finite Z v_i there from leaking
+            z_upd = sum(torch.where(_col(y[:, i] != 0, z_basis[i]), _col(y[:, i], z_basis[i]) * z_basis[i], 0.0)
+                        for i in range(k))
+            z = torch.where(_col(ok, z_upd), z0 + z_upd, z0 + torch.zeros_like(z_upd))
+    if image and not isinstance(z, Tensor):
+        z = None
     res = torch.where(torch.isfinite(res), res, torch.full_like(res, float("inf")))
-    return x, SolveInfo(k, res, int(broken.sum()), matvecs, broken)
+    return x, SolveInfo(k, res, int(broken.sum()), matvecs, broken, z)
 
 
 def _hessenberg_lstsq(H: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:

@@ -17,8 +17,10 @@ differ in their estimate of the likelihood score:
                E[x | x_t, y] ~ x_hat + sigma^2 J^T A^T v        (Eq. (19)),  J = d x_hat / d x_t.
 
            ``covariance`` chooses V: "tweedie" V = sigma^2 J (Eq. (21); J v by one VJP per solver
-           iteration, J assumed symmetric as in the official code, Eq. (23)); heuristics "sigma_t"
-           V = sigma^2 I, "inv" V = (I + Sigma_t^-1)^-1 = sigma^2/(1+sigma^2) I, "prior"
+           iteration, J assumed symmetric as in the official code, Eq. (23); the last step's
+           sigma^2 J^T A^T v = V A^T v is a linear combination of the solver's V A^T p, so it needs
+           no VJP of its own: maxiter VJPs per call, the official code spends maxiter + 1);
+           heuristics "sigma_t" V = sigma^2 I, "inv" V = (I + Sigma_t^-1)^-1 = sigma^2/(1+sigma^2) I, "prior"
            V = (Sigma_x^-1 + Sigma_t^-1)^-1 for a Gaussian Sigma_x (option ``prior``); "exact"
            V = denoiser.cov_matvec (analytic denoisers, for tests). For a Gaussian prior and
            "tweedie"/"exact" with a converged solve the result *is* E[x | x_t, y].
@@ -242,7 +244,8 @@ class MMPS(PosteriorDenoiser):
     Options: ``covariance`` in COVARIANCES (default "tweedie"), ``solver`` "cg" (Algorithm 4) or
     "gmres", ``maxiter`` (default 1, the paper's CIFAR setting), ``tol`` (absolute residual) and
     ``rtol`` (relative to ||y - A x_hat||), ``prior`` (LowRankGaussian, for covariance "prior").
-    VJPs per call: maxiter + 1 for "tweedie" (fewer if every sample converges early), 1 otherwise.
+    VJPs per call: maxiter for "tweedie" (fewer if every sample converges early; the last step's
+    sigma^2 J^T A^T v is accumulated by the solver from its own VJPs), 1 otherwise.
     """
 
     name = "mmps"
@@ -302,14 +305,24 @@ class MMPS(PosteriorDenoiser):
         cov = self._cov_matvec(x_t, sigma, vjp)
         A, At = self.op.A, self.op.At
 
-        def matvec(v: Tensor) -> Tensor:  # (Sigma_y + A V A^T) v, Eq. (22)-(23)
-            return var_y * v + A(cov(At(v)))
+        # With V = sigma^2 J the last step's sigma^2 J^T A^T v is V A^T v: the solver accumulates it from
+        # the V A^T p of its own matvecs (linalg, image=True), which saves that step's VJP.
+        reuse = self.covariance == "tweedie"
+
+        def matvec(v: Tensor) -> Tensor | tuple[Tensor, Tensor]:  # (Sigma_y + A V A^T) v, Eq. (22)-(23)
+            VAtv = cov(At(v))
+            Mv = var_y * v + A(VAtv)
+            return (Mv, VAtv) if reuse else Mv
 
         # a non-finite b (NaN from the denoiser) must reach the sampler's guard, not crash the solver
         tol = torch.clamp(self.rtol * batch_dot(b, b).sqrt(), min=self.tol).nan_to_num(self.tol, self.tol)
-        v, info = SOLVERS[self.solver](matvec, b, maxiter=self.maxiter, tol=tol)
+        v, info = SOLVERS[self.solver](matvec, b, maxiter=self.maxiter, tol=tol, image=reuse)
         self._record_solve(info, b)
-        out = x_hat_d + _col(sigma**2, x_t) * vjp(At(v))  # x_t + Sigma_t (s_x + s_{y|x}), line 9-11
+        if reuse and info.image is not None:
+            guidance = info.image
+        else:
+            guidance = _col(sigma**2, x_t) * vjp(At(v))
+        out = x_hat_d + guidance  # x_t + Sigma_t (s_x + s_{y|x}), line 9-11
         return self._finalize(out, x_hat_d)
 
 
