@@ -202,3 +202,31 @@ def test_sample_quality_backend_key():
     honest = sample_quality(q, clean, {"sinkhorn_reg": 1e-2, "sinkhorn_backend": "geomloss"}, 0, None)["sinkhorn"]
     assert abs(honest) < 0.15
     assert 0.6 < out["geomloss"]["sinkhorn"] - honest < 1.4
+
+
+def test_sample_quality_repeats_average_chunks_and_splits():
+    """evaluate.sinkhorn_repeats R: the number is the mean of R debiased divergences, chunk r of the
+    samples against its own random half-split of the reference (recomputed here step by step), with
+    the values and their standard error recorded; R = 1 is the single-split number; R too large is an
+    error naming the key."""
+    from emprior.evaluate import sample_quality
+    from emprior.metrics.sinkhorn import debiased_to_reference
+
+    rng = np.random.default_rng(5)
+    clean, q = rng.normal(size=(120, 3)), rng.normal(size=(180, 3)) + 0.5
+    ev = {"sinkhorn_reg": 1e-2, "sinkhorn_repeats": 3, "sinkhorn_scaling": 0.8}
+    out = sample_quality(q, clean, ev, 7, None)
+    r = np.random.default_rng(7)
+    ref = []
+    for k in range(3):  # n_ref = min(120, 2 * 60) = 120, m = 60
+        p_k = clean[r.permutation(120)[:120]]
+        ref.append(debiased_to_reference(q[60 * k:60 * (k + 1)], p_k, 1e-2, rng=r, scaling=0.8))
+    assert out["sinkhorn_repeats"] == pytest.approx(ref, abs=1e-12)
+    assert out["sinkhorn"] == pytest.approx(np.mean(ref), abs=1e-12)
+    assert out["sinkhorn_se"] == pytest.approx(np.std(ref, ddof=1) / 3**0.5, abs=1e-12)
+    assert len(set(np.round(ref, 9))) == 3 and out["sinkhorn_scaling"] == 0.8
+    assert 0.5 * 0.75 < out["sinkhorn"] < 1.5 * 0.75  # shift by 0.5 in R^3: |t|^2 = 0.75
+    single = sample_quality(q, clean, {"sinkhorn_reg": 1e-2}, 7, None)
+    assert "sinkhorn_repeats" not in single and single["sinkhorn_scaling"] == 0.9
+    with pytest.raises(ValueError, match="evaluate.sinkhorn_repeats"):
+        sample_quality(q[:2], clean, {"sinkhorn_repeats": 3}, 0, None)
