@@ -100,10 +100,11 @@ def _apply(matvec: Callable, v: Tensor, image: bool = False) -> tuple[Tensor, Te
 
 
 def _initial_residual(matvec: Callable, b: Tensor, x0: Tensor | None,
-                      image: bool = False) -> tuple[Tensor, Tensor, int, Tensor | int | None]:
-    """(x_0, r_0 = b - M x_0, matvecs used, Z x_0): x_0 = 0 costs no matvec (Z x_0 = 0 then)."""
+                      image: bool = False) -> tuple[Tensor, Tensor, int, Tensor | None]:
+    """(x_0, r_0 = b - M x_0, matvecs used, Z x_0): x_0 = 0 costs no matvec; Z x_0 is then None (zero,
+    of a shape only the first matvec reveals)."""
     if x0 is None:
-        return torch.zeros_like(b), b.clone(), 0, (0 if image else None)
+        return torch.zeros_like(b), b.clone(), 0, None
     x = x0.clone()
     Mx, Zx = _apply(matvec, x, image)
     return x, b - Mx, 1, Zx
@@ -141,7 +142,7 @@ def cg(
     # A non-finite initial residual (from x0) is a breakdown; x stays x0 (zeroed if non-finite).
     finite_x0 = torch.isfinite(batch_dot(x, x))
     x = torch.where(_col(finite_x0, x), x, torch.zeros_like(x))
-    if image and x0 is not None:
+    if z is not None:
         z = torch.where(_col(finite_x0, z), z, torch.zeros_like(z))
     # Residuals at rounding level count as converged: iterating on them gives p^T M p ~ 0 and a
     # spurious "breakdown" (e.g. a diagonal system solved exactly in one step).
@@ -168,6 +169,7 @@ def cg(
         c = _col(step, x)
         x = torch.where(c, x_new, x)
         if image:
+            z = torch.zeros_like(Zp) if z is None else z
             z = torch.where(_col(step, Zp), z + _col(alpha, Zp) * Zp, z)
         r = torch.where(c, r_new, r)
         beta = rr_new / torch.where(step, rr, torch.ones_like(rr))
@@ -175,8 +177,6 @@ def cg(
         rr = torch.where(step, rr_new, rr)
         done = done | (step & (rr.sqrt() <= tol_t))
     res = torch.where(torch.isfinite(rr), rr, torch.full_like(rr, float("inf"))).sqrt()
-    if image and not isinstance(z, Tensor):  # x = x_0 = 0 and no matvec: Z's output shape is unknown
-        z = None
     return x, SolveInfo(iterations, res, int(broken.sum()), matvecs, broken, z)
 
 
@@ -211,7 +211,7 @@ def gmres(
     broken = ~torch.isfinite(beta)
     finite_x0 = torch.isfinite(batch_dot(x0_, x0_))
     x0_ = torch.where(_col(finite_x0, x0_), x0_, torch.zeros_like(x0_))
-    if image and x0 is not None:
+    if z0 is not None:
         z0 = torch.where(_col(finite_x0, z0), z0, torch.zeros_like(z0))
     done = (beta <= tol_t) & ~broken
     stopped = done | broken
@@ -272,9 +272,8 @@ def gmres(
             # decoupled columns have y_i = 0; where() keeps a non-finite Z v_i there from leaking
             z_upd = sum(torch.where(_col(y[:, i] != 0, z_basis[i]), _col(y[:, i], z_basis[i]) * z_basis[i], 0.0)
                         for i in range(k))
-            z = torch.where(_col(ok, z_upd), z0 + z_upd, z0 + torch.zeros_like(z_upd))
-    if image and not isinstance(z, Tensor):
-        z = None
+            z0 = torch.zeros_like(z_upd) if z0 is None else z0
+            z = torch.where(_col(ok, z_upd), z0 + z_upd, z0)
     res = torch.where(torch.isfinite(res), res, torch.full_like(res, float("inf")))
     return x, SolveInfo(k, res, int(broken.sum()), matvecs, broken, z)
 
