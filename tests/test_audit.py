@@ -31,7 +31,7 @@ def test_clean_run_has_no_flags(tmp_path):
 
 def test_anomalies_are_flagged(tmp_path):
     _iteration(tmp_path, 0, quality={"sinkhorn": None, "error": "non-finite prior samples"})
-    _iteration(tmp_path, 1, estep={"residual_ratio_mean": 250.0})
+    _iteration(tmp_path, 1, estep={"residual_ratio_mean": 250.0, "residual_ratio_q": {"0.1": 0.2, "0.5": 0.9}})
     _iteration(tmp_path, 2, keep_shards=1)
     _iteration(tmp_path, 3, estep={"breakdown_fraction": 0.2, "solver": {"breakdowns": 960}})
     d4 = _iteration(tmp_path, 4)
@@ -39,6 +39,8 @@ def test_anomalies_are_flagged(tmp_path):
     df = audit_rows(tmp_path).set_index("iteration")
     assert "NaN/Inf" in df.loc[0, "flags"]
     assert "residual blow-up (250" in df.loc[1, "flags"]
+    assert df.loc[1, "residual_median"] == 0.9 and df.loc[3, "breakdown_pct"] == 20.0
+    assert np.isnan(df.loc[0, "residual_median"])  # iteration 0 has no E-step
     assert "missing shard (1/2 on disk)" in df.loc[2, "flags"]
     assert "solver breakdowns in 20.0 % of solves" in df.loc[3, "flags"]
     assert "bad model.pt" in df.loc[4, "flags"] and "checksum mismatch" in df.loc[4, "flags"]

@@ -75,7 +75,10 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
             row.update({
                 "sinkhorn": q.get("sinkhorn"), "fid": q.get("fid"),
                 "residual_ratio": e.get("residual_ratio_mean"),
-                "solver_breakdowns": (e.get("solver") or {}).get("breakdowns"),
+                # the mean is what the blow-up flag reads; a few samples thrown far off dominate it
+                "residual_median": (e.get("residual_ratio_q") or {}).get("0.5"),
+                # per posterior sample and CG step; the count alone has no denominator
+                "breakdown_pct": None if e.get("breakdown_fraction") is None else 100 * e["breakdown_fraction"],
                 "loss_last": (ms.get("loss") or {}).get("last"),
                 "seconds": _total_seconds(rec.get("timing", {})),
             })

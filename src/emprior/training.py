@@ -77,6 +77,7 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     ema = EMA(denoiser, decay=mstep["ema_decay"]) if mstep.get("ema_decay") else None
     clip = mstep.get("clip")
+    params = list(denoiser.parameters())  # once: .parameters() walks the module tree on every call
     every = int(mstep.get("checkpoint_every", max(1, steps // 4)))
     chunk = max(1, steps // 100)
     losses: list[float] = []
@@ -104,17 +105,18 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
         i = torch.randint(0, len(data), (mstep["batch_size"],), generator=generator)
         x = augment(data[i], mstep.get("augment", []), generator)
         loss = dsm_loss(denoiser, x, schedule, generator=generator)
-        if not torch.isfinite(loss):
+        value = loss.item()
+        if not math.isfinite(value):
             raise NumericalError(f"{context}: non-finite loss at step {step}/{steps}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
-            torch.nn.utils.clip_grad_norm_(denoiser.parameters(), clip)
+            torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         sched.step()
         if ema is not None:
             ema.update(denoiser)
-        running.append(loss.item())
+        running.append(value)
         if len(running) == chunk:
             losses.append(sum(running) / len(running))
             running = []
