@@ -439,3 +439,37 @@ def test_tweedie_guidance_reuses_the_solver_vjps(solver, maxiter):
                                                 y - op.A(x_hat.detach()), maxiter=maxiter)
     ref = x_hat.detach() + s2 * vjp(op.At(v))
     assert (out - ref).abs().max().item() < 1e-12
+
+
+def test_vjp_is_grad_outputs_bit_for_bit_and_skips_the_sympy_import():
+    """J^T u taken as the gradient of <x_hat, u> equals autograd's grad_outputs=u exactly (float32, a
+    nonlinear net), and an MMPS step in a fresh interpreter never imports sympy: a tensor grad_outputs
+    would (torch.autograd's shape check), at ~1 s of every E-step job's start-up."""
+    import subprocess
+    import sys
+
+    g = _gen(5)
+    W = torch.randn(8, 8, generator=g)
+    x = torch.randn(6, 8, generator=g)
+    u = torch.randn(6, 8, generator=g)
+    post = make_posterior("mmps", lambda x, s: torch.tanh(x @ W) * s.reshape(-1, 1), DenseOp(torch.eye(3, 8), 0.1),
+                          torch.zeros(6, 3), covariance="tweedie", solver="cg", maxiter=1)
+    post._vjps = 0  # set by __call__ otherwise
+    x_hat, vjp = post._linearize(x, torch.full((6,), 0.7))
+    xx = x.clone().requires_grad_(True)
+    ref = torch.autograd.grad(torch.tanh(xx @ W) * 0.7, xx, grad_outputs=u)[0]
+    assert torch.equal(vjp(u), ref)
+
+    code = ("import sys, torch\n"
+            "from emprior.posterior import make_posterior\n"
+            "import numpy as np\n"
+            "from emprior.operators import make_operator\n"
+            "op = make_operator('pixel_mask', 2, (1, 4, 4), 0.1, np.random.default_rng(0), deleted=0.5)\n"
+            "y = op.observe(torch.randn(2, 1, 4, 4), generator=torch.Generator().manual_seed(0))\n"
+            "post = make_posterior('mmps', lambda x, s: torch.tanh(x), op, y,"
+            " covariance='tweedie', solver='cg', maxiter=2)\n"
+            "post(torch.randn(2, 1, 4, 4), torch.ones(2))\n"
+            "assert post.stats['vjps'] == 2, post.stats\n"
+            "print('sympy' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
