@@ -28,10 +28,10 @@ import torch
 from emprior import steps
 from emprior.artifacts import load_h5
 from emprior.config import load_config
-from emprior.diffusion import Schedule, sample
+from emprior.diffusion import Schedule
 from emprior.em import make_method, run_estep
 from emprior.evaluate import sample_quality
-from emprior.models import load_prior
+from emprior.models import Prior, load_prior
 from emprior.nets import build_denoiser
 from emprior.observations import load_observations
 from emprior.rng import derive_seed, torch_generator
@@ -41,14 +41,11 @@ REPO = Path(__file__).resolve().parents[1]
 DRAWS = 4
 
 
-def score(net: torch.nn.Module, clean: np.ndarray, exp: dict, schedule: Schedule) -> dict[str, float]:
+def score(prior: Prior, clean: np.ndarray, exp: dict) -> dict[str, float]:
     ev = exp["evaluate"]
-    sampler_kw = {k: ev[k] for k in ("corrections", "tau") if k in ev}
     rows = []
     for s in range(DRAWS):
-        g = torch.Generator().manual_seed(500 + s)
-        x_T = schedule.sigma_max * torch.randn(ev["n_samples"], *clean.shape[1:], generator=g)
-        xs = sample(net, x_T, schedule, ev["steps"], ev["sampler"], generator=g, **sampler_kw).numpy()
+        xs = prior.sample(ev["n_samples"], exp, torch.Generator().manual_seed(500 + s)).numpy()
         q = sample_quality(xs, clean, dict(ev, fid=False), 40 + s, None)
         rows.append({k: q[k] for k in ("sinkhorn", "fd_digits", "is_digits") if q.get(k) is not None})
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
@@ -81,10 +78,10 @@ def run(cfg: dict, experiment: str, variants: list[str], iterations: int, evalua
             if trained["ema"] is not None:
                 trained["ema"].copy_to(model)
             model.eval().requires_grad_(False)
-            prior.denoiser, prior.kind, prior.gaussian = model, "denoiser", None
+            prior = Prior("denoiser", tuple(clean.shape[1:]), model, {}, module=model)  # q_k
             line = f"seed {seed} {variant} iteration {k}: posterior RMSE {rmse:.4f}"
             if k in evaluate:
-                line += "".join(f", {name} {v:.3f}" for name, v in score(model, clean, exp, schedule).items())
+                line += "".join(f", {name} {v:.3f}" for name, v in score(prior, clean, exp).items())
             print(line + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 

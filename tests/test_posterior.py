@@ -460,10 +460,9 @@ def test_vjp_is_grad_outputs_bit_for_bit_and_skips_the_sympy_import():
     ref = torch.autograd.grad(torch.tanh(xx @ W) * 0.7, xx, grad_outputs=u)[0]
     assert torch.equal(vjp(u), ref)
 
-    code = ("import sys, torch\n"
-            "from emprior.posterior import make_posterior\n"
-            "import numpy as np\n"
+    code = ("import sys, numpy as np, torch\n"
             "from emprior.operators import make_operator\n"
+            "from emprior.posterior import make_posterior\n"
             "op = make_operator('pixel_mask', 2, (1, 4, 4), 0.1, np.random.default_rng(0), deleted=0.5)\n"
             "y = op.observe(torch.randn(2, 1, 4, 4), generator=torch.Generator().manual_seed(0))\n"
             "post = make_posterior('mmps', lambda x, s: torch.tanh(x), op, y,"

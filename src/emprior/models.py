@@ -33,6 +33,17 @@ class Prior:
     gaussian: Any = None      # emprior.gaussian.LowRankGaussian for kind == "gaussian"
     module: Any = None        # the PreconditionedDenoiser for kind == "denoiser"
 
+    def sample(self, n: int, exp_cfg: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        """n samples of q_k as the evaluation draws them: exactly for the Gaussian q_0, else by reverse
+        diffusion (Algorithm 2) from x_T ~ N(0, sigma_max^2 I) with the ``evaluate`` sampler settings."""
+        if self.kind == "gaussian":
+            return self.gaussian.sample(n, generator)
+        from emprior.diffusion import Schedule, sample_prior
+
+        ev = exp_cfg["evaluate"]
+        return sample_prior(self.denoiser, n, self.x_shape, Schedule(**exp_cfg["schedule"]), ev["steps"],
+                            ev["sampler"], generator, corrections=ev.get("corrections", 0), tau=ev.get("tau", 0.1))
+
 
 def gaussian_checkpoint(result, x_shape) -> dict[str, Any]:
     return {"kind": "gaussian", "x_shape": list(x_shape), "mean": result.mean.float(), "U": result.U.float(),

@@ -148,23 +148,13 @@ def mstep(config: dict[str, Any], experiment: str, variant: str, iteration: int,
 
 def prior_samples(config: dict[str, Any], experiment: str, variant: str, iteration: int, model: str,
                   out: str) -> None:
-    import torch
-
-    from emprior.diffusion import Schedule, sample
     from emprior.models import load_prior
 
     exp = cfgmod.experiment(config, experiment)
-    ev = exp["evaluate"]
     prior = load_prior(model)
     gen = torch_generator(config["seed"], experiment, variant, iteration, "prior_samples")
     start = time.perf_counter()
-    if prior.kind == "gaussian":
-        x = prior.gaussian.sample(ev["n_samples"], gen)
-    else:
-        schedule = Schedule(**exp["schedule"])
-        x_T = schedule.sigma_max * torch.randn((ev["n_samples"], *prior.x_shape), generator=gen)
-        x = sample(prior.denoiser, x_T, schedule, ev["steps"], ev["sampler"], corrections=ev.get("corrections", 0),
-                   tau=ev.get("tau", 0.1), generator=gen)
+    x = prior.sample(exp["evaluate"]["n_samples"], exp, gen)
     save_h5(out, {"x": x.float()}, attrs={"iteration": iteration},
             provenance=_prov(config, "prior_samples", experiment=experiment, variant=variant, iteration=iteration),
             runtime={"seconds": time.perf_counter() - start})
