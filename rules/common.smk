@@ -82,6 +82,10 @@ def final_metrics(experiment):
     return [f"{itdir(experiment, v, n_iterations(experiment))}/metrics.json" for v in variants_of(experiment)]
 
 
+def first_metrics(experiment):
+    return [f"{itdir(experiment, v, 1)}/metrics.json" for v in variants_of(experiment)]
+
+
 def all_iteration_metrics(experiment):
     return [f"{itdir(experiment, v, k)}/metrics.json"
             for v in variants_of(experiment) for k in range(n_iterations(experiment) + 1)]

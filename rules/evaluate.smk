@@ -11,6 +11,8 @@ def metrics_inputs(wc):
     }
     if int(wc.k) >= 1:
         inputs["posterior"] = f"{d}/posterior.h5"
+    if int(wc.k) == 1:
+        inputs["estep_check"] = f"{d}/estep_check.json"
     return inputs
 
 
@@ -37,6 +39,31 @@ rule prior_samples:
         " --threads {threads} > {log} 2>&1"
 
 
+rule estep_check:
+    # Iteration 1 only: q_0 is Gaussian, so the E-step's target is closed-form (emprior.estep_check).
+    # Settings: evaluate.estep_check, so changing them reruns no EM job.
+    input:
+        model=f"{R}/{{experiment}}/{{variant}}/iter_000/model.pt",
+        observations=f"{R}/{{experiment}}/data/observations.h5",
+    output:
+        f"{R}/{{experiment}}/{{variant}}/iter_001/estep_check.json",
+    params:
+        cfg=cfg_eval,
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/{{experiment}}/{{variant}}/iter_001/estep_check.log",
+    benchmark:
+        f"{R}/benchmarks/{{experiment}}/{{variant}}/iter_001/estep_check.tsv"
+    shell:
+        "{PY} estep-check --config {params.cfg} --experiment {wildcards.experiment} --variant {wildcards.variant}"
+        " --model {input.model} --observations {input.observations} --out {output} --threads {threads} > {log} 2>&1"
+
+
 rule iteration_metrics:
     input:
         unpack(metrics_inputs),
@@ -45,6 +72,7 @@ rule iteration_metrics:
     params:
         cfg=cfg_eval,
         posterior=lambda wc, input: f"--posterior {input.posterior}" if "posterior" in input.keys() else "",
+        check=lambda wc, input: f"--estep-check {input.estep_check}" if "estep_check" in input.keys() else "",
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,
@@ -56,5 +84,5 @@ rule iteration_metrics:
     shell:
         "{PY} metrics --config {params.cfg} --experiment {wildcards.experiment} --variant {wildcards.variant}"
         " --iteration {wildcards.k} --model {input.model} --samples {input.samples} --clean {input.clean}"
-        " --observations {input.observations} {params.posterior} --out {output}"
+        " --observations {input.observations} {params.posterior} {params.check} --out {output}"
         " --threads {threads} > {log} 2>&1"

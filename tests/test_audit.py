@@ -7,7 +7,7 @@ from emprior.artifacts import save_h5, save_json, save_torch
 from emprior.audit import audit, audit_rows
 
 
-def _iteration(root, k, estep=None, quality=None, shards=2, keep_shards=2):
+def _iteration(root, k, estep=None, quality=None, shards=2, keep_shards=2, check=None):
     d = root / "exp" / "var" / f"iter_{k:03d}"
     save_torch(d / "model.pt", {"kind": "denoiser", "w": torch.ones(2)})
     save_h5(d / "prior_samples.h5", {"x": np.zeros((4, 2))})
@@ -18,6 +18,8 @@ def _iteration(root, k, estep=None, quality=None, shards=2, keep_shards=2):
             save_h5(d / "posterior" / f"shard_{j}.h5", {"x": np.zeros((2, 2))})
         rec["estep"] = {"residual_ratio_mean": 1.1, "breakdown_fraction": 0.0, "solver": {"breakdowns": 0},
                         "shards": [{"file": f"shard_{j}.h5"} for j in range(shards)], **(estep or {})}
+    if check:
+        rec["estep_check"] = check
     save_json(d / "metrics.json", rec)
     return d
 
@@ -27,6 +29,19 @@ def test_clean_run_has_no_flags(tmp_path):
     _iteration(tmp_path, 1)
     text, status = audit(tmp_path)
     assert status == 0 and "2 iterations, 0 flagged" in text
+    assert "exact posterior" not in text  # no iteration-1 check recorded: no section
+
+
+def test_iteration_one_check_is_listed_after_the_rows(tmp_path):
+    _iteration(tmp_path, 0)
+    _iteration(tmp_path, 1, check={"spread": 0.8187, "spread_se": 0.009, "bias2": 0.02251, "bias2_se": 0.0036,
+                                   "observations": 64, "repeats": 16})
+    text, status = audit(tmp_path)
+    assert status == 0
+    head, section = text.split("exact posterior under q_0")
+    assert "2 iterations, 0 flagged" in head
+    row = [line.split() for line in section.splitlines() if line.strip().startswith("exp ")]
+    assert row == [["exp", "var", "0.8187", "0.009", "0.02251", "0.0036", "64", "16"]]
 
 
 def test_anomalies_are_flagged(tmp_path):

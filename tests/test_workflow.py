@@ -51,6 +51,12 @@ def test_every_iteration_has_its_artifacts(run_dir):
                 assert m["iteration"] == k and m["quality"]["sinkhorn"] is not None
                 if exp == "digits":  # FID/IS stand-ins in digits-classifier features
                     assert m["quality"]["fd_digits"] >= 0 and 1 <= m["quality"]["is_digits"] <= 10
+                if k == 1:  # the first E-step against the exact posterior under the Gaussian q_0
+                    c = m["estep_check"]
+                    assert (d / "estep_check.json").exists() and c["observations"] == 16 and c["repeats"] == 4
+                    assert 0.2 < c["spread"] < 3 and c["bias2_se"] > 0
+                    assert m["artifacts"]["estep_check.json"] == json.loads(
+                        (d / "estep_check.json.prov.json").read_text())["sha256"]
                 if k:
                     assert 0 < m["estep"]["residual_ratio_mean"] < 1e6
                     assert len(m["estep"]["shards"]) == 2
@@ -70,8 +76,8 @@ def test_audit_prints_one_row_per_iteration(run_dir):
     out = subprocess.run([sys.executable, "-m", "emprior", "audit", str(run_dir / "results")],
                          capture_output=True, text=True, timeout=120)
     rows = [l for l in out.stdout.splitlines() if re.match(r"\s*(manifold|digits)\s", l)]
-    assert len(rows) == 3 + 2 * 2, out.stdout
-    assert "iterations" in out.stdout
+    assert len(rows) == 3 + 2 * 2 + 3, out.stdout  # + one E-step check row per variant
+    assert "iterations" in out.stdout and "exact posterior under q_0" in out.stdout
 
 
 def test_deleting_a_shard_recomputes_only_its_descendants(run_dir):
@@ -84,6 +90,7 @@ def test_deleting_a_shard_recomputes_only_its_descendants(run_dir):
     assert counts.get("estep_shard") == "1", text
     assert counts.get("gather_posterior") == "1" and counts.get("mstep") == "1"
     assert "init_prior" not in counts and "dataset" not in counts and "observe" not in counts
+    assert "estep_check" not in counts  # it reads q_0 and the observations only
     # actually rerun it: the same seeds give the same shard back, bit for bit
     out = snakemake(run_dir, "-c", "2", "all")
     assert out.returncode == 0, out.stderr[-3000:]

@@ -229,12 +229,13 @@ def load_torch(path: str | Path, rule: str | None = None, check: bool = True) ->
     return obj
 
 
-def save_json(path: str | Path, obj: Any, provenance: dict[str, Any] | None = None) -> Path:
+def save_json(path: str | Path, obj: Any, provenance: dict[str, Any] | None = None,
+              runtime: dict[str, Any] | None = None) -> Path:
     payload = obj
     if provenance is not None and isinstance(obj, dict):
         payload = {**obj, "provenance": provenance}
     text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default) + "\n"
-    return write_artifact(path, lambda tmp: tmp.write_text(text), provenance)
+    return write_artifact(path, lambda tmp: tmp.write_text(text), provenance, runtime)
 
 
 def load_json(path: str | Path, rule: str | None = None, check: bool = True) -> Any:

@@ -102,10 +102,32 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
     return pd.DataFrame(rows)
 
 
+def estep_checks(results: str | Path) -> pd.DataFrame:
+    """One row per variant from iter_001/metrics.json's ``estep_check`` (emprior.estep_check)."""
+    rows = []
+    for m in sorted(Path(results).glob("*/*/iter_001/metrics.json")):
+        try:
+            c = json.loads(m.read_text()).get("estep_check")
+        except json.JSONDecodeError:
+            continue
+        if c:
+            rows.append({"experiment": m.parent.parent.parent.name, "variant": m.parent.parent.name,
+                         "spread": c.get("spread"), "spread_se": c.get("spread_se"), "bias2": c.get("bias2"),
+                         "bias2_se": c.get("bias2_se"), "observations": c.get("observations"),
+                         "repeats": c.get("repeats")})
+    return pd.DataFrame(rows)
+
+
 def audit(results: str | Path) -> tuple[str, int]:
     df = audit_rows(results)
     if df.empty:
         return f"no iterations found under {results}", 1
-    text = df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+    fmt = lambda v: f"{v:.4g}"  # noqa: E731
+    text = df.to_string(index=False, float_format=fmt)
     bad = int((df["flags"] != "ok").sum())
-    return text + f"\n{len(df)} iterations, {bad} flagged", (1 if bad else 0)
+    text += f"\n{len(df)} iterations, {bad} flagged"
+    checks = estep_checks(results)
+    if not checks.empty:
+        text += ("\n\nIteration 1's E-step vs the exact posterior under q_0 (an exact sampler: spread 1, "
+                 "bias2 0):\n" + checks.to_string(index=False, float_format=fmt))
+    return text, (1 if bad else 0)

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--observations", required=True)
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("estep-check", help="rule estep_check: iteration 1's E-step vs the exact posterior under q_0")
+    _common(p, variant=True)
+    p.add_argument("--model", required=True, help="iter_000/model.pt (the Gaussian q_0)")
+    p.add_argument("--observations", required=True)
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("gather", help="rule gather_posterior: shards -> posterior.h5")
     _common(p, variant=True, iteration=True)
     p.add_argument("--out", required=True)
@@ -87,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("model", "samples", "clean", "observations", "out"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--posterior", default=None)
+    p.add_argument("--estep-check", default=None, help="iter_001/estep_check.json (iteration 1)")
 
     p = sub.add_parser("fig2", help="rule fig2: Sinkhorn between p(x_t|y) and q(x_t|y) (paper Fig. 2)")
     _common(p, experiment=False)
@@ -169,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     elif c == "estep":
         steps.estep(config, args.experiment, args.variant, args.iteration, args.shard, args.model,
                     args.observations, args.out)
+    elif c == "estep-check":
+        steps.estep_check(config, args.experiment, args.variant, args.model, args.observations, args.out)
     elif c == "gather":
         steps.gather(config, args.experiment, args.variant, args.iteration, args.shards, args.out)
     elif c == "mstep":
@@ -179,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         from emprior.evaluate import iteration_metrics
 
         iteration_metrics(config, args.experiment, args.variant, args.iteration, args.model, args.samples,
-                          args.clean, args.observations, args.posterior, args.out)
+                          args.clean, args.observations, args.posterior, args.out, args.estep_check)
     elif c == "fig2":
         steps.fig2(config, args.out_csv, args.out_png)
     elif c == "table4":

@@ -87,8 +87,10 @@ def _residual_ratio(op, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def run_estep(prior, method, obs, exp_cfg: dict[str, Any], seed: int, experiment: str, variant: str,
-              iteration: int, blocks: list[int], shard: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Posterior samples x ~ q_{k-1}(x | y, A) for the observations in ``blocks``."""
+              iteration: int, blocks: list[int], shard: int = 0, progress: bool = False,
+              stream: str = "estep") -> dict[str, Any]:
+    """Posterior samples x ~ q_{k-1}(x | y, A) for the observations in ``blocks``; ``stream`` names the
+    random stream (the E-step's own, or another for draws that must not reuse its noise)."""
     est = exp_cfg["estep"]
     schedule = Schedule(**exp_cfg["schedule"])
     bs = est["block_size"]
@@ -100,8 +102,8 @@ def run_estep(prior, method, obs, exp_cfg: dict[str, Any], seed: int, experiment
         op = obs.op[rows] if len(obs.op) > 1 else obs.op
         y = obs.y[rows]
         post = method.posterior(prior, op, y)
-        gen = torch_generator(seed, experiment, variant, iteration, "estep", b)
-        seeds.append(derive_seed(seed, experiment, variant, iteration, "estep", b))
+        gen = torch_generator(seed, experiment, variant, iteration, stream, b)
+        seeds.append(derive_seed(seed, experiment, variant, iteration, stream, b))
         x_T = schedule.sigma_max * torch.randn((len(rows), *obs.x_shape), generator=gen)
         try:
             x = sample(post, x_T, schedule, est["steps"], est["sampler"], corrections=est.get("corrections", 0),

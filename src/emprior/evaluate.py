@@ -90,7 +90,8 @@ def sample_quality(samples: np.ndarray, clean: np.ndarray, ev: dict[str, Any], s
 
 
 def iteration_metrics(config: dict[str, Any], experiment: str, variant: str, iteration: int, model: str,
-                      samples: str, clean: str, observations: str, posterior: str | None, out: str) -> None:
+                      samples: str, clean: str, observations: str, posterior: str | None, out: str,
+                      estep_check: str | None = None) -> None:
     from emprior import config as cfgmod
     from emprior.observations import load_clean
     from emprior.provenance import make_provenance
@@ -143,6 +144,12 @@ def iteration_metrics(config: dict[str, Any], experiment: str, variant: str, ite
         solves = len(ratio) * est["steps"] * (1 + est.get("corrections", 0))
         record["estep"]["breakdown_fraction"] = record["estep"]["solver"].get("breakdowns", 0.0) / max(1, solves)
         artifacts["posterior.h5"] = verify(posterior)["sha256"]
+    if estep_check:
+        from emprior.artifacts import load_json
+
+        check = load_json(estep_check, rule="estep_check")
+        record["estep_check"] = {k: v for k, v in check.items() if k != "provenance"}
+        artifacts["estep_check.json"] = verify(estep_check)["sha256"]
     record["artifacts"] = artifacts
     # Run-dependent numbers (from the sidecars): the only part of metrics.json that differs between
     # two runs of the same config and seed.

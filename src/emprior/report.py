@@ -34,11 +34,21 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFrame:
-    """Final-iteration sample quality per variant, next to the paper's Table 1 (CIFAR-10)."""
+    """Final-iteration sample quality per variant, next to the paper's Table 1 (CIFAR-10), with the
+    iteration-1 E-step check (``estep_check``: spread, bias2 vs the exact posterior) where an
+    iteration-1 metrics.json is among ``metrics_paths``."""
     records = read_metrics(metrics_paths)
     paper = paper_table("table1")
-    rows = []
+    final: dict[tuple[str, str], dict[str, Any]] = {}
+    checks: dict[tuple[str, str], dict[str, Any]] = {}
     for rec in records:
+        key = (rec["experiment"], rec["variant"])
+        if rec.get("estep_check"):
+            checks[key] = rec["estep_check"]
+        if key not in final or rec["iteration"] > final[key]["iteration"]:
+            final[key] = rec
+    rows = []
+    for key, rec in final.items():
         exp = config["experiments"][rec["experiment"]]
         var = exp["variants"][rec["variant"]]
         deleted = exp["observation"].get("options", {}).get("deleted")
@@ -56,13 +66,14 @@ def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFra
             "paper_fid": float(match.fid.iloc[0]) if len(match) else None,
             "paper_is": float(match["is"].iloc[0]) if len(match) else None,
             "paper_deleted": float(match.deleted.iloc[0]) if len(match) else None,
+            "estep_bias2_it1": checks.get(key, {}).get("bias2"), "estep_spread_it1": checks.get(key, {}).get("spread"),
         })
     for _, p in paper[paper.method != "DiEM"].iterrows():
         rows.append({"method": p.method, "covariance": None, "dataset": "cifar10 (paper only)",
                      "deleted": None, "iterations": None, "sinkhorn": None, "fd_digits": None,
                      "is_digits": None, "fid": None, "is": None,
                      "fid_status": "not run in this preset", "paper_fid": p.fid, "paper_is": p["is"],
-                     "paper_deleted": p.deleted})
+                     "paper_deleted": p.deleted, "estep_bias2_it1": None, "estep_spread_it1": None})
     return pd.DataFrame(rows)
 
 

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "slurm" / "config.yaml"
 GPU_RULES = {
     "estep_shard",
+    "estep_check",
     "mstep",
     "prior_samples",
     "iteration_metrics",

@@ -1,0 +1,32 @@
+"""Table 1 from metrics.json records: final iteration per variant, paper numbers, iteration-1 E-step check."""
+
+import pandas as pd
+
+from emprior.artifacts import save_json
+from emprior.report import table1_frame
+
+CONFIG = {"experiments": {"digits": {
+    "dataset": {"name": "digits"}, "observation": {"operator": "pixel_mask", "options": {"deleted": 0.75}},
+    "variants": {"diem_tweedie": {"method": "diem", "covariance": "tweedie"},
+                 "diem_sigma_t": {"method": "diem", "covariance": "sigma_t"}}}}}
+
+
+def _metrics(tmp_path, variant, k, sinkhorn, check=None):
+    rec = {"experiment": "digits", "variant": variant, "iteration": k, "quality": {"sinkhorn": sinkhorn}}
+    if check:
+        rec["estep_check"] = check
+    return str(save_json(tmp_path / variant / f"iter_{k:03d}" / "metrics.json", rec, {"rule": "iteration_metrics"}))
+
+
+def test_table1_takes_the_final_iteration_and_the_iteration_one_check(tmp_path):
+    paths = [_metrics(tmp_path, "diem_tweedie", 3, 19.5),
+             _metrics(tmp_path, "diem_tweedie", 1, 24.6, {"bias2": 0.0225, "spread": 0.82}),
+             _metrics(tmp_path, "diem_sigma_t", 3, 28.7)]
+    df = table1_frame(CONFIG, paths)
+    ours = df[df.method == "DiEM"].set_index("covariance")
+    assert list(ours.index) == ["tweedie", "Sigma_t"]
+    tw, st = ours.loc["tweedie"], ours.loc["Sigma_t"]
+    assert tw.iterations == 3 and tw.sinkhorn == 19.5 and tw.paper_fid == 13.18 and tw.paper_deleted == 0.75
+    assert tw.estep_bias2_it1 == 0.0225 and tw.estep_spread_it1 == 0.82
+    assert st.sinkhorn == 28.7 and st.paper_fid == 118.69 and pd.isna(st.estep_bias2_it1)
+    assert set(df[df.method != "DiEM"].method) == {"AmbientDiffusion"}
