@@ -67,6 +67,8 @@ def test_scores_of_exact_biased_and_shrunk_samples():
     assert abs(biased["bias2"] - 0.5) < 4 * biased["bias2_se"] and biased["bias2_se"] < 0.05
     with pytest.raises(ValueError, match="repeats"):
         score_samples(exact[:, :1], means, covs)
+    one = score_samples(exact[:1], means[:1], covs[:1])  # one observation: no standard error (None, not NaN)
+    assert one["spread_se"] is None and one["bias2_se"] is None and one["spread"] > 0
 
 
 def _setup(d=4, n=128, noise=0.05):

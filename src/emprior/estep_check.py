@@ -66,7 +66,7 @@ def exact_posteriors(gaussian, op, y: torch.Tensor, noise_std: float) -> tuple[t
     return torch.stack(means), torch.stack(covs)
 
 
-def score_samples(x: torch.Tensor, means: torch.Tensor, covs: torch.Tensor) -> dict[str, float]:
+def score_samples(x: torch.Tensor, means: torch.Tensor, covs: torch.Tensor) -> dict[str, float | None]:
     """spread and bias2 (module docstring) of samples x (n, R, d) against N(means_i, covs_i)."""
     n, r, _ = x.shape
     if r < 2:
@@ -77,10 +77,10 @@ def score_samples(x: torch.Tensor, means: torch.Tensor, covs: torch.Tensor) -> d
     s2 = (x - m[:, None]).square().sum(-1).sum(1) / (r - 1)
     spread = s2 / tr
     bias2 = ((m - means).square().sum(-1) - s2 / r) / tr
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     for name, v in (("spread", spread), ("bias2", bias2)):
         out[name] = float(v.mean())
-        out[f"{name}_se"] = float(v.std() / np.sqrt(n)) if n > 1 else float("nan")
+        out[f"{name}_se"] = float(v.std() / np.sqrt(n)) if n > 1 else None  # JSON has no NaN
     out["posterior_trace_mean"] = float(tr.mean())
     return out
 

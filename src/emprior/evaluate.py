@@ -157,6 +157,8 @@ def iteration_metrics(config: dict[str, Any], experiment: str, variant: str, ite
     if posterior:
         shard_dir = Path(posterior).parent / "posterior"
         timing["estep_shards"] = {s["file"]: runtime_of(shard_dir / s["file"]).get("seconds") for s in shards}
+    if estep_check:
+        timing["estep_check"] = runtime_of(estep_check).get("seconds")
     record["timing"] = timing
     prov = make_provenance(config, config.get("seed"), "iteration_metrics", experiment=experiment, variant=variant,
                            iteration=iteration)
