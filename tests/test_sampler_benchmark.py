@@ -13,7 +13,7 @@ import torch
 from emprior import sampler_benchmark as sb
 from emprior.errors import ConfigError, DataError
 from emprior.gaussian import GaussianMixture, gaussian_posterior
-from emprior.operators import bicubic_downsample_matrix, make_operator
+from emprior.operators import bicubic_downsample_matrix, make_operator, measured_system
 
 D64 = torch.float64
 D = 64
@@ -39,19 +39,19 @@ def _images(n: int, seed: int) -> torch.Tensor:
 # Dense operators and exact posteriors
 # ---------------------------------------------------------------------------------------------
 
-def test_observation_rows_pixel_mask_is_the_selection_matrix():
+def test_measured_system_pixel_mask_is_the_selection_matrix():
     op = make_operator("pixel_mask", 3, (1, 8, 8), 0.1, np.random.default_rng(0), deleted=0.5)
     for i in range(3):
-        A = sb.observation_rows(op, i)
+        A = measured_system(op, i, torch.zeros(3, *op.y_shape))[0]
         keep = np.flatnonzero(op.params()["mask"][i].reshape(-1))
         assert A.shape == (len(keep), D)
         torch.testing.assert_close(A, torch.eye(D, dtype=D64)[torch.from_numpy(keep)], rtol=0, atol=0)
 
 
-def test_observation_rows_downsample_is_the_kronecker_product():
+def test_measured_system_downsample_is_the_kronecker_product():
     op = make_operator("downsample", 1, (1, 8, 8), 0.1, np.random.default_rng(0), factor=2)
     M = bicubic_downsample_matrix(8, 2)
-    A = sb.observation_rows(op, 0)
+    A = measured_system(op, 0, torch.zeros(1, *op.y_shape))[0]
     torch.testing.assert_close(A, torch.from_numpy(np.kron(M, M)), rtol=0, atol=1e-14)
 
 
@@ -82,8 +82,8 @@ def test_mixture_task_posterior_weights_follow_the_evidence():
     task = sb.make_task("motion_deblur", spec, x, mix, seed=0)
     post = task.posteriors[0]
     assert post.weights[0].item() > 1 - 1e-12
-    A = sb.observation_rows(task.op, 0)
-    m, _ = gaussian_posterior(means[0], covs[0], A, task.y[0].reshape(-1), 0.1)
+    A, y0 = measured_system(task.op, 0, task.y)
+    m, _ = gaussian_posterior(means[0], covs[0], A, y0, 0.1)
     torch.testing.assert_close(task.mean[0].reshape(-1), m, rtol=1e-8, atol=1e-8)
 
 

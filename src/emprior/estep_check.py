@@ -35,31 +35,17 @@ DEFAULTS = {"observations": 64, "repeats": 16}
 DENSE_MAX = 4096  # d above which the dense d x d posterior covariances are not formed (skipped, with a reason)
 
 
-def dense_matrix(op, i: int, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A_i restricted to measured rows, y_i on those rows) in float64, built by applying A_i to the
-    standard basis (d applications; meant for the check's few observations, not for paper-scale d)."""
-    op_i = op[[i]] if len(op) > 1 else op
-    d = int(np.prod(op.x_shape))
-    basis = torch.eye(d, dtype=torch.float64).reshape(d, *op.x_shape)
-    a = op_i.A(basis).reshape(d, -1).T  # (M, d): column j = A e_j
-    y_i = y[i].reshape(-1).double()
-    measured = op_i.measured(y[i:i + 1].double())
-    if measured is not None:
-        keep = torch.broadcast_to(measured, (1, *op.y_shape)).reshape(-1).bool()
-        a, y_i = a[keep], y_i[keep]
-    return a, y_i
-
-
 def exact_posteriors(gaussian, op, y: torch.Tensor, noise_std: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact N(mu_i, Sigma_i) of x | y_i under the prior ``gaussian`` (a LowRankGaussian), float64:
     means (n, d) and covariances (n, d, d) for the n observations in ``y``."""
     from emprior.gaussian import gaussian_posterior
+    from emprior.operators import measured_system
 
     mu = gaussian.mean.reshape(-1).double()
     cov = gaussian.dense_cov().double()
     means, covs = [], []
     for i in range(len(y)):
-        a, y_i = dense_matrix(op, i, y)
+        a, y_i = measured_system(op, i, y)
         m, c = gaussian_posterior(mu, cov, a, y_i, noise_std)
         means.append(m)
         covs.append(c)
@@ -94,9 +80,9 @@ def check_estep(prior, method, obs, exp_cfg: dict[str, Any], seed: int, experime
 
     if prior.gaussian is None:
         raise ArtifactError("estep check: needs the Gaussian q_0 (iter_000/model.pt), got a learned prior")
-    for name, v in (("observations", observations), ("repeats", repeats)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (2 if name == "repeats" else 1):
-            raise ConfigError(f"estep.check.{name}: must be an integer >= {2 if name == 'repeats' else 1}, got {v!r}")
+    for name, v, least in (("observations", observations, 1), ("repeats", repeats, 2)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+            raise ConfigError(f"evaluate.estep_check.{name}: must be an integer >= {least}, got {v!r}")
     d = int(np.prod(obs.x_shape))
     if d > DENSE_MAX:
         return {"observations": 0, "repeats": int(repeats), "seconds": 0.0,
@@ -109,7 +95,6 @@ def check_estep(prior, method, obs, exp_cfg: dict[str, Any], seed: int, experime
     res = run_estep(prior, method, sub, exp_cfg, seed, experiment, variant, 1, list(range(-(-len(rows) // bs))),
                     stream="estep_check")
     x = res["x"].reshape(n, repeats, -1)
-    means, covs = exact_posteriors(prior.gaussian, obs.op[np.arange(n)] if len(obs.op) > 1 else obs.op, obs.y[:n],
-                                   obs.noise_std)
-    return {"observations": n, "repeats": int(repeats), **score_samples(x, means, covs),
-            "finite": bool(torch.isfinite(x).all()), "seconds": res["seconds"]}
+    means, covs = exact_posteriors(prior.gaussian, obs.op, obs.y[:n], obs.noise_std)
+    # run_estep raises on non-finite samples, so every score below is of finite samples
+    return {"observations": n, "repeats": int(repeats), **score_samples(x, means, covs), "seconds": res["seconds"]}

@@ -845,3 +845,22 @@ def load_operator_arrays(datasets: dict[str, np.ndarray], attrs: dict[str, Any] 
     of a whole file's datasets."""
     params = {k[len(prefix):]: v for k, v in datasets.items() if k.startswith(prefix)}
     return operator_from_arrays(params, attrs)
+
+
+def measured_system(op: LinearOperator, i: int, y: Tensor, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """Observation i as a dense system on its measured coordinates: (A_i's rows (m_i, d), y_i (m_i,)).
+
+    Columns are A_i e_j (d applications of the operator: for exact posteriors at small d). Unmeasured
+    coordinates of y (masked pixels) are exact zeros with zero rows in A: dropping them leaves p(x | y)
+    unchanged and keeps A C A^T + Sigma_y well conditioned.
+    """
+    op_i = op[i]
+    d = math.prod(op.x_shape)
+    basis = torch.eye(d, dtype=dtype).reshape(d, *op.x_shape)
+    A = op_i.A(basis).reshape(d, -1).T
+    y_i = y[i].reshape(-1).to(dtype)
+    measured = op_i.measured(basis)
+    if measured is not None:
+        keep = torch.broadcast_to(measured, (1, *op.y_shape)).reshape(-1) > 0
+        A, y_i = A[keep], y_i[keep]
+    return A, y_i

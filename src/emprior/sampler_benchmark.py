@@ -50,7 +50,7 @@ from emprior.diffusion import SAMPLERS, Schedule, sample
 from emprior.errors import ConfigError, DataError, NumericalError
 from emprior.gaussian import GaussianMixture, GaussianMixtureDenoiser
 from emprior.log import get_logger
-from emprior.operators import LinearOperator, make_operator
+from emprior.operators import LinearOperator, make_operator, measured_system
 from emprior.posterior import PosteriorDenoiser, make_posterior
 from emprior.rng import derive_seed, torch_generator
 
@@ -66,7 +66,6 @@ __all__ = [
     "main",
     "make_task",
     "markdown_table",
-    "observation_rows",
     "paper_order",
     "run_benchmark",
     "run_method",
@@ -197,24 +196,6 @@ def fit_digits_gmm(components: int, reg_covar: float, n_holdout: int, seed: int,
     return mix, torch.from_numpy(test)
 
 
-def observation_rows(op: LinearOperator, i: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """The measured rows of observation i's A as a dense (m_i, d) matrix (columns A e_j).
-
-    Unmeasured coordinates of y (masked pixels) are exact zeros with zero rows in A: dropping them
-    leaves p(x | y) unchanged and keeps A C A^T + Sigma_y well conditioned.
-    """
-    op_i = op[i]
-    d = math.prod(op.x_shape)
-    basis = torch.eye(d, dtype=dtype).reshape(d, *op.x_shape)
-    cols = op_i.A(basis).reshape(d, -1)  # row j = A e_j
-    A = cols.T
-    measured = op_i.measured(basis)
-    if measured is not None:
-        keep = torch.broadcast_to(measured, (1, *op.y_shape)).reshape(-1) > 0
-        A = A[keep]
-    return A
-
-
 @dataclass
 class Task:
     """One inverse problem: ground truth x (N, *x_shape), operator, y, and the exact p(x | y_i)."""
@@ -251,11 +232,7 @@ def make_task(name: str, spec: dict[str, Any], x: Tensor, mixture: GaussianMixtu
     y = op.observe(x, generator=torch_generator(seed, "observe", name))
     posteriors, means, stds = [], [], []
     for i in range(len(x)):
-        A = observation_rows(op, i)
-        y_i = y[i].reshape(-1)
-        measured = op[i].measured(y[i:i + 1])
-        if measured is not None:
-            y_i = y_i[torch.broadcast_to(measured, y[i:i + 1].shape).reshape(-1) > 0]
+        A, y_i = measured_system(op, i, y)
         post = mixture.posterior(A, y_i, noise_std)
         m, c = post.moments()
         posteriors.append(post)
