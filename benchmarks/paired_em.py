@@ -35,7 +35,7 @@ from emprior.models import Prior, load_prior
 from emprior.nets import build_denoiser
 from emprior.observations import load_observations
 from emprior.rng import derive_seed, torch_generator
-from emprior.training import train_denoiser
+from emprior.training import em_mstep
 
 REPO = Path(__file__).resolve().parents[1]
 DRAWS = 4
@@ -72,12 +72,9 @@ def run(cfg: dict, experiment: str, variants: list[str], iterations: int, evalua
             post = run_estep(prior, method, obs, exp, seed, experiment, "shared", k, blocks)
             x = post["x"]
             rmse = float(np.sqrt(((x.numpy() - clean[:len(x)]) ** 2).reshape(len(x), -1).mean(1)).mean())
-            trained = train_denoiser(net, x, schedule, exp["mstep"], torch_generator(seed, experiment, "shared", k,
-                                                                                   "mstep"))
-            model = copy.deepcopy(net)
-            if trained["ema"] is not None:
-                trained["ema"].copy_to(model)
-            model.eval().requires_grad_(False)
+            trained = em_mstep(net, x, schedule, exp["mstep"], torch_generator(seed, experiment, "shared", k, "mstep"))
+            model = copy.deepcopy(net).eval().requires_grad_(False)  # EMA weights: q_k
+            net.load_state_dict(trained["raw"])  # the next M-step starts from the raw weights, as in the DAG
             prior = Prior("denoiser", tuple(clean.shape[1:]), model, {}, module=model)  # q_k
             line = f"seed {seed} {variant} iteration {k}: posterior RMSE {rmse:.4f}"
             if k in evaluate:

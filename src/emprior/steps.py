@@ -141,13 +141,12 @@ def mstep(config: dict[str, Any], experiment: str, variant: str, iteration: int,
     from emprior.diffusion import Schedule
     from emprior.models import load_prior
     from emprior.nets import build_denoiser
-    from emprior.training import train_denoiser, within_box
+    from emprior.training import em_mstep
 
     exp = cfgmod.experiment(config, experiment)
     data, _ = load_h5(posterior, rule="gather_posterior")
     x = torch.as_tensor(data["x"], dtype=torch.float32)
     x_shape = tuple(x.shape[1:])
-    x, dropped = within_box(x, exp["mstep"].get("max_abs"), f"M-step {experiment}/{variant} iteration {iteration}")
     torch.manual_seed(derive_seed(config["seed"], experiment, variant, "net_init"))
     net = build_denoiser(dict(exp["denoiser"]), x_shape)
     if previous:
@@ -157,14 +156,12 @@ def mstep(config: dict[str, Any], experiment: str, variant: str, iteration: int,
         net.load_state_dict(prev.checkpoint["raw_weights"])
     gen = torch_generator(config["seed"], experiment, variant, iteration, "mstep")
     schedule = Schedule(**exp["schedule"])
-    result = train_denoiser(net, x, schedule, exp["mstep"], gen, resume_path=str(out) + ".resume.pt",
-                            context=f"M-step {experiment}/{variant} iteration {iteration}")
-    raw = {k: v.clone() for k, v in net.state_dict().items()}
-    if result["ema"] is not None:
-        result["ema"].copy_to(net)
+    result = em_mstep(net, x, schedule, exp["mstep"], gen, f"M-step {experiment}/{variant} iteration {iteration}",
+                      resume_path=str(out) + ".resume.pt")
     ckpt = {"kind": "denoiser", "x_shape": list(x_shape), "net": dict(exp["denoiser"]),
-            "schedule": dict(exp["schedule"]), "weights": net.state_dict(), "raw_weights": raw,
-            "train": {"loss": result["loss"], "steps": result["steps"], "dropped": dropped, "n_data": len(x)}}
+            "schedule": dict(exp["schedule"]), "weights": net.state_dict(), "raw_weights": result["raw"],
+            "train": {"loss": result["loss"], "steps": result["steps"], "dropped": result["dropped"],
+                      "n_data": result["n_data"]}}
     save_torch(out, ckpt, _prov(config, "mstep", experiment=experiment, variant=variant, iteration=iteration),
                runtime={"seconds": result["seconds"], "resumed_from": result["resumed_from"]})
     Path(str(out) + ".resume.pt").unlink(missing_ok=True)

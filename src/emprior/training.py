@@ -133,3 +133,19 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
             raise NumericalError(f"{context}: non-finite weights in {name} after training")
     return {"loss": losses, "steps": steps, "ema": ema, "seconds": time.perf_counter() - begin,
             "resumed_from": start_step}
+
+
+def em_mstep(net: torch.nn.Module, x: torch.Tensor, schedule: Schedule, mstep: dict[str, Any],
+             generator: torch.Generator, context: str = "M-step",
+             resume_path: str | Path | None = None) -> dict[str, Any]:
+    """The M-step of Algorithm 1 on posterior samples x: leave out samples outside ``mstep.max_abs``,
+    train ``net`` from its current weights, then put the EMA weights (if any) into ``net``.
+
+    Returns :func:`train_denoiser`'s record plus ``raw`` (the trained weights before the EMA copy: the
+    next iteration starts from them), ``dropped`` and ``n_data``."""
+    x, dropped = within_box(x, mstep.get("max_abs"), context)
+    result = train_denoiser(net, x, schedule, mstep, generator, resume_path=resume_path, context=context)
+    raw = {k: v.clone() for k, v in net.state_dict().items()}
+    if result["ema"] is not None:
+        result["ema"].copy_to(net)
+    return {**result, "raw": raw, "dropped": dropped, "n_data": len(x)}
