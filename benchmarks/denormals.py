@@ -3,7 +3,7 @@ PyTorch's default, on a finished run's real inputs. Not part of the tests.
 
     python benchmarks/denormals.py RESULTS_DIR [--experiment manifold] [--variant diem_tweedie] [--iteration 3]
 
-Trains iteration k's M-step (`emprior.steps.mstep`: iteration k-1's model.pt, iteration k's posterior.h5)
+Trains iteration k's M-step (`emprior.pipeline.steps.mstep`: iteration k-1's model.pt, iteration k's posterior.h5)
 twice per mode, interleaved, in one process, and prints the median wall times and their ratio. Random
 data from a fresh network hardly produces subnormals; a warm-started network on posterior samples does
 (SiLU of very negative pre-activations, tiny gradients), which is why this needs a finished run.
@@ -21,8 +21,8 @@ import torch
 
 
 def main() -> None:
-    from emprior import steps
-    from emprior.config import load_config
+    from emprior.pipeline import steps
+    from emprior.config.loading import load_config
 
     ap = argparse.ArgumentParser()
     ap.add_argument("results", type=Path)

@@ -5,7 +5,7 @@
 1. E-step: the same E-step (iteration 2, a network prior) as ONE shard in one process vs TWO shards in two
    concurrent processes (what `snakemake -c 2` does); speed-up = t(1 shard) / t(2 shards), the median over
    3 interleaved pairs. Goal >= 1.8x.
-2. M-step: steps/second of emprior.training.train_denoiser vs a bare PyTorch loop (same net, batch,
+2. M-step: steps/second of emprior.training.mstep.train_denoiser vs a bare PyTorch loop (same net, batch,
    optimiser, DSM loss, clipping and EMA, written plainly); the median ratio over 11 interleaved pairs;
    goal >= 95 %.
 Both are measured side by side in one run; results are printed and written to benchmarks/results.json.
@@ -34,8 +34,8 @@ def prepare(cfg: dict, experiment: str, workdir: Path) -> tuple[Path, Path, Path
     closed-form Gaussian of iteration 1, so the comparison is not dominated by process start-up."""
     import numpy as np
 
-    from emprior import steps
-    from emprior.artifacts import load_h5, save_h5
+    from emprior.pipeline import steps
+    from emprior.core.artifacts import load_h5, save_h5
 
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "config.json"
@@ -110,9 +110,9 @@ def bench_estep(cfg: dict, experiment: str, workdir: Path, repeats: int = 3) -> 
 
 
 def bench_mstep(cfg: dict, experiment: str, steps: int = 300, repeats: int = 11) -> dict:
-    from emprior.diffusion import Schedule, dsm_loss
-    from emprior.nets import build_denoiser
-    from emprior.training import train_denoiser
+    from emprior.diffusion.core import Schedule, dsm_loss
+    from emprior.nets.networks import build_denoiser
+    from emprior.training.mstep import train_denoiser
 
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)  # as `python -m emprior` does
@@ -168,7 +168,7 @@ def bench_mstep(cfg: dict, experiment: str, steps: int = 300, repeats: int = 11)
 
 
 def main() -> None:
-    from emprior.config import load_config
+    from emprior.config.loading import load_config
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(REPO / "config" / "config.yaml"))

@@ -25,17 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emprior import steps
-from emprior.artifacts import load_h5
-from emprior.config import load_config
-from emprior.diffusion import Schedule
-from emprior.em import make_method, run_estep
-from emprior.evaluate import sample_quality
-from emprior.models import Prior, load_prior
-from emprior.nets import build_denoiser
-from emprior.observations import load_observations
-from emprior.rng import derive_seed, torch_generator
-from emprior.training import em_mstep
+from emprior.pipeline import steps
+from emprior.core.artifacts import load_h5
+from emprior.config.loading import load_config
+from emprior.diffusion.core import Schedule
+from emprior.methods.diem import make_method, run_estep
+from emprior.evaluation.iteration import sample_quality
+from emprior.priors.checkpoint import Prior, load_prior
+from emprior.nets.networks import build_denoiser
+from emprior.data.observations import load_observations
+from emprior.core.rng import derive_seed, torch_generator
+from emprior.training.mstep import em_mstep
 
 REPO = Path(__file__).resolve().parents[1]
 DRAWS = 4

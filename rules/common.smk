@@ -4,9 +4,9 @@ import json
 import sys
 from pathlib import Path
 
-from emprior.config import job_config, validate_config
-from emprior.errors import ConfigError
-from emprior.provenance import config_digest
+from emprior.config.loading import job_config, validate_config
+from emprior.core.errors import ConfigError
+from emprior.core.provenance import config_digest
 
 try:
     validate_config(config, source="config")

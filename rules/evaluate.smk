@@ -40,7 +40,7 @@ rule prior_samples:
 
 
 rule estep_check:
-    # Iteration 1 only: q_0 is Gaussian, so the E-step's target is closed-form (emprior.estep_check).
+    # Iteration 1 only: q_0 is Gaussian, so the E-step's target is closed-form (emprior.evaluation.estep_check).
     # Settings: evaluate.estep_check, so changing them reruns no EM job.
     input:
         model=f"{R}/{{experiment}}/{{variant}}/iter_000/model.pt",

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from emprior.artifacts import (atomic_path, load_h5, load_json, load_torch, save_h5, save_json, save_torch,
+from emprior.core.artifacts import (atomic_path, load_h5, load_json, load_torch, save_h5, save_json, save_torch,
                                sidecar, verify)
-from emprior.errors import ArtifactError
-from emprior.provenance import config_digest, make_provenance
-from emprior.rng import derive_seed
+from emprior.core.errors import ArtifactError
+from emprior.core.provenance import config_digest, make_provenance
+from emprior.core.rng import derive_seed
 
 
 def test_h5_round_trip_and_provenance(tmp_path):
@@ -94,7 +94,7 @@ def test_provenance_versions_without_importing_heavy_packages():
     import subprocess
     import sys
 
-    code = ("import sys, json; from emprior.provenance import package_versions; v = package_versions(); "
+    code = ("import sys, json; from emprior.core.provenance import package_versions; v = package_versions(); "
             "print(json.dumps([v, sorted(m for m in ('ot', 'sklearn', 'snakemake', 'skimage') if m in sys.modules)]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     versions, imported = json.loads(out.strip().splitlines()[-1])
@@ -120,7 +120,7 @@ def test_gather_command_runs_without_torch(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"seed": 0, "results": str(tmp_path), "torch_threads": 1, "metrics": {}}))
     out = tmp_path / "posterior.h5"
-    code = ("import sys, json; from emprior.cli import main; "
+    code = ("import sys, json; from emprior.pipeline.cli import main; "
             f"rc = main(['gather', '--config', {str(cfg)!r}, '--experiment', 'e', '--variant', 'v', "
             f"'--iteration', '1', '--out', {str(out)!r}] + {shards!r}); "
             "print(json.dumps([rc, 'torch' in sys.modules]))")

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from emprior.artifacts import save_h5, save_json, save_torch
-from emprior.audit import audit, audit_rows
+from emprior.core.artifacts import save_h5, save_json, save_torch
+from emprior.evaluation.audit import audit, audit_rows
 
 
 def _iteration(root, k, estep=None, quality=None, shards=2, keep_shards=2, check=None):

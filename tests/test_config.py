@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from emprior.config import load_config
-from emprior.errors import ConfigError
+from emprior.config.loading import load_config
+from emprior.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "tiny.yaml"])

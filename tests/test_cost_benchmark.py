@@ -1,4 +1,4 @@
-"""Table 5 (emprior.cost_benchmark): it runs on a tiny U-Net and writes sane columns.
+"""Table 5 (emprior.studies.sampler_cost): it runs on a tiny U-Net and writes sane columns.
 
 This is a benchmark, not a test of speed: only what must hold on any machine is asserted (VJP counts,
 DPS ratios exactly 1, positive ratios, the memory instrument reading a known allocation).
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from emprior import cost_benchmark as cb
-from emprior.errors import ConfigError
+from emprior.studies import sampler_cost as cb
+from emprior.core.errors import ConfigError
 
 TINY = {
     "denoiser": {"net": "unet", "hid_channels": [8, 16], "hid_blocks": [1, 1], "attention_heads": [0, 2],

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emprior import data
-from emprior.errors import ConfigError, DataError
+from emprior.data import datasets as data
+from emprior.core.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: files in the real formats

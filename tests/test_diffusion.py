@@ -1,4 +1,4 @@
-"""Tests of emprior.diffusion against closed forms: the VE schedule (Eq. 27), the preconditioning
+"""Tests of emprior.diffusion.core against closed forms: the VE schedule (Eq. 27), the preconditioning
 (Eq. 26), the DSM loss (Eq. 4), the samplers with the exact denoiser of a Gaussian, and EMA."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from emprior.diffusion import (
+from emprior.diffusion.core import (
     EMA,
     PreconditionedDenoiser,
     Schedule,
@@ -21,8 +21,8 @@ from emprior.diffusion import (
     sample_beta33,
     sample_prior,
 )
-from emprior.errors import NumericalError
-from emprior.nets import MLP
+from emprior.core.errors import NumericalError
+from emprior.nets.networks import MLP
 
 # A diagonal Gaussian N(mu, diag(v)) in d = 8 with a non-trivial mean and anisotropic variances.
 D = 8

@@ -1,16 +1,16 @@
-"""Iteration 1's E-step against the exact Gaussian posterior (emprior.estep_check)."""
+"""Iteration 1's E-step against the exact Gaussian posterior (emprior.evaluation.estep_check)."""
 
 import numpy as np
 import pytest
 import torch
 
-from emprior.em import make_method
-from emprior.errors import ArtifactError, ConfigError
-from emprior.estep_check import DENSE_MAX, check_estep, exact_posteriors, score_samples
-from emprior.gaussian import GaussianDenoiser, LowRankGaussian
-from emprior.models import Prior
-from emprior.observations import Observations
-from emprior.operators import make_operator, measured_system
+from emprior.methods.diem import make_method
+from emprior.core.errors import ArtifactError, ConfigError
+from emprior.evaluation.estep_check import DENSE_MAX, check_estep, exact_posteriors, score_samples
+from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian
+from emprior.priors.checkpoint import Prior
+from emprior.data.observations import Observations
+from emprior.operators.linear import make_operator, measured_system
 
 
 def _gaussian(d: int, seed: int = 0) -> LowRankGaussian:

@@ -1,4 +1,4 @@
-"""Exact Gaussian / Gaussian-mixture priors and denoisers (emprior.gaussian).
+"""Exact Gaussian / Gaussian-mixture priors and denoisers (emprior.priors.gaussian).
 
 Identities are checked in float64 to 1e-8 unless stated; Monte Carlo checks state their sample size
 and use 4-standard-error bounds.
@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from emprior.errors import ArtifactError
-from emprior.gaussian import (
+from emprior.core.errors import ArtifactError
+from emprior.priors.gaussian import (
     GaussianDenoiser,
     GaussianMixture,
     GaussianMixtureDenoiser,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from emprior.manifold import RandomManifold
+from emprior.data.randman import RandomManifold
 
 
 def _grid(n: int = 8192) -> np.ndarray:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from emprior.data import load_digits
-from emprior.metrics.classifier import digits_scores, frechet_distance, inception_score
+from emprior.data.datasets import load_digits
+from emprior.evaluation.metrics.classifier import digits_scores, frechet_distance, inception_score
 
 
 def test_frechet_distance_closed_form():

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from emprior.metrics import MetricUnavailable, fid_is, lpips_distance, psnr, ssim
-from emprior.metrics import images as im
+from emprior.evaluation.metrics import MetricUnavailable, fid_is, lpips_distance, psnr, ssim
+from emprior.evaluation.metrics import images as im
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emprior.artifacts import load_h5, save_h5
-from emprior.operators import (
+from emprior.core.artifacts import load_h5, save_h5
+from emprior.operators.linear import (
     OPERATORS,
     LinearOperator,
     OperatorError,

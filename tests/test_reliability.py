@@ -10,18 +10,18 @@ import pytest
 import torch
 import yaml
 
-from emprior import steps
-from emprior.artifacts import load_h5, load_torch, save_h5, save_torch, sha256_file
-from emprior.diffusion import Schedule
-from emprior.errors import ArtifactError, NumericalError
-from emprior.nets import build_denoiser
-from emprior.training import train_denoiser
+from emprior.pipeline import steps
+from emprior.core.artifacts import load_h5, load_torch, save_h5, save_torch, sha256_file
+from emprior.diffusion.core import Schedule
+from emprior.core.errors import ArtifactError, NumericalError
+from emprior.nets.networks import build_denoiser
+from emprior.training.mstep import train_denoiser
 
 
 @pytest.fixture(scope="module")
 def digits_setup(tmp_path_factory, ):
     """Tiny digits experiment up to iteration 0 (observations + Gaussian q_0)."""
-    from emprior.config import load_config
+    from emprior.config.loading import load_config
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_same_config_and_seed_give_bit_identical_files(digits_setup):
 def test_training_resumes_to_identical_weights(tmp_path, monkeypatch):
     """Kill training after a checkpoint (simulated by an exception inside the loop), resume from
     <out>.resume.pt, and get the same weights as an uninterrupted run, bit for bit."""
-    import emprior.training as training
+    import emprior.training.mstep as training
 
     data = torch.randn(256, 5, generator=torch.Generator().manual_seed(0))
     mstep = {"steps": 40, "batch_size": 32, "lr": 1e-3, "lr_final": 1e-5, "scheduler": "linear", "ema_decay": 0.9,
@@ -134,7 +134,7 @@ def test_observation_shape_mismatch_is_one_line(digits_setup, tmp_path):
     data["y"] = data["y"][:, :, :, :7]
     bad = save_h5(tmp_path / "observations.h5", data, attrs={k: v for k, v in attrs.items() if k != "provenance"},
                   provenance={"rule": "observe"})
-    from emprior.observations import load_observations
+    from emprior.data.observations import load_observations
 
     with pytest.raises(ArtifactError, match=r"observations.h5: y has shape \(128, 1, 8, 7\) but the operator "
                                             r"expects \(N, 1, 8, 8\)"):

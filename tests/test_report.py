@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from emprior.artifacts import save_json
-from emprior.report import table1_frame
+from emprior.core.artifacts import save_json
+from emprior.report.tables import table1_frame
 
 CONFIG = {"experiments": {"digits": {
     "dataset": {"name": "digits"}, "observation": {"operator": "pixel_mask", "options": {"deleted": 0.75}},

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from emprior.metrics.sinkhorn import debiased_to_reference, regularized_ot, sinkhorn_divergence
+from emprior.evaluation.metrics.sinkhorn import debiased_to_reference, regularized_ot, sinkhorn_divergence
 
 
 def _clouds(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,7 +188,7 @@ def test_sample_quality_backend_key():
     """evaluate.sinkhorn_backend picks the solver of the per-iteration metric and is recorded with it.
     Fresh draws from the reference's law score ~0 (the p1-to-p2 floor is subtracted); shifting them by
     t adds ~|t|^2 = 1 (0.84-1.27 over five seeds at 200 points in R^5); both solvers agree."""
-    from emprior.evaluate import sample_quality
+    from emprior.evaluation.iteration import sample_quality
 
     rng = np.random.default_rng(3)
     clean, q = rng.normal(size=(400, 5)), rng.normal(size=(200, 5))
@@ -209,8 +209,8 @@ def test_sample_quality_repeats_average_chunks_and_splits():
     samples against its own random half-split of the reference (recomputed here step by step), with
     the values and their standard error recorded; R = 1 is the single-split number; R too large is an
     error naming the key."""
-    from emprior.evaluate import sample_quality
-    from emprior.metrics.sinkhorn import debiased_to_reference
+    from emprior.evaluation.iteration import sample_quality
+    from emprior.evaluation.metrics.sinkhorn import debiased_to_reference
 
     rng = np.random.default_rng(5)
     clean, q = rng.normal(size=(120, 3)), rng.normal(size=(180, 3)) + 0.5

@@ -1,4 +1,4 @@
-from emprior.cli import main
+from emprior.pipeline.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

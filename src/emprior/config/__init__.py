@@ -1,0 +1,1 @@
+"""Configuration: YAML presets merged, validated against a schema generated from the plug-in registries."""

@@ -1,0 +1,1 @@
+"""Variance-exploding diffusion: schedule, preconditioning, DSM loss, EMA and the registered samplers."""

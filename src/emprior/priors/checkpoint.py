@@ -1,0 +1,75 @@
+"""model.pt: the prior q_k of an EM iteration, either the Gaussian q_0 or a trained denoiser.
+
+Checkpoint layout (a dict of tensors, numbers and strings, loadable with ``weights_only=True``):
+
+- Gaussian (iteration 0): ``kind="gaussian"``, ``x_shape``, ``mean``, ``U``, ``s``, ``tau``,
+  ``log_evidence`` (per Gaussian-EM iteration).
+- Denoiser (iterations >= 1): ``kind="denoiser"``, ``x_shape``, ``net`` (the net config), ``schedule``
+  ({sigma_min, sigma_max}), ``weights`` (the state dict used for sampling: EMA weights if EMA is on),
+  ``raw_weights`` (the optimiser's weights, where the next M-step starts), ``train`` (loss curve and
+  step count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from emprior.core.artifacts import load_torch
+from emprior.core.errors import ArtifactError
+
+
+@dataclass
+class Prior:
+    """A loaded q_k: ``denoiser(x_t, sigma) -> E[x | x_t]`` plus, for q_0, the Gaussian itself."""
+
+    kind: str
+    x_shape: tuple[int, ...]
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    checkpoint: dict[str, Any]
+    gaussian: Any = None      # emprior.priors.gaussian.LowRankGaussian for kind == "gaussian"
+    module: Any = None        # the PreconditionedDenoiser for kind == "denoiser"
+
+    def sample(self, n: int, exp_cfg: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        """n samples of q_k as the evaluation draws them: exactly for the Gaussian q_0, else by reverse
+        diffusion (Algorithm 2) from x_T ~ N(0, sigma_max^2 I) with the ``evaluate`` sampler settings."""
+        if self.kind == "gaussian":
+            return self.gaussian.sample(n, generator)
+        from emprior.diffusion.core import Schedule, sample_prior
+
+        ev = exp_cfg["evaluate"]
+        return sample_prior(self.denoiser, n, self.x_shape, Schedule(**exp_cfg["schedule"]), ev["steps"],
+                            ev["sampler"], generator, corrections=ev.get("corrections", 0), tau=ev.get("tau", 0.1))
+
+
+def gaussian_checkpoint(result, x_shape) -> dict[str, Any]:
+    return {"kind": "gaussian", "x_shape": list(x_shape), "mean": result.mean.float(), "U": result.U.float(),
+            "s": result.s.float(), "tau": float(result.tau), "log_evidence": list(result.log_evidence)}
+
+
+def load_prior(path: str | Path, rule: str | None = None) -> Prior:
+    from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian
+    from emprior.nets.networks import build_denoiser
+
+    ckpt = load_torch(path, rule=rule)
+    kind = ckpt.get("kind")
+    x_shape = tuple(int(k) for k in ckpt.get("x_shape", ()))
+    if kind == "gaussian":
+        g = LowRankGaussian(mean=ckpt["mean"], U=ckpt["U"], s=ckpt["s"], tau=float(ckpt["tau"]),
+                            event_shape=x_shape)
+        return Prior(kind, x_shape, GaussianDenoiser(g), ckpt, gaussian=g)
+    if kind == "denoiser":
+        module = build_denoiser(dict(ckpt["net"]), x_shape)
+        try:
+            module.load_state_dict(ckpt["weights"])
+        except RuntimeError as exc:
+            raise ArtifactError(f"{path}: weights do not match the net config "
+                                f"({str(exc).splitlines()[0]})") from None
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return Prior(kind, x_shape, module, ckpt, module=module)
+    raise ArtifactError(f"{path}: unknown model kind {kind!r} (expected 'gaussian' or 'denoiser')")

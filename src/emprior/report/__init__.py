@@ -1,0 +1,1 @@
+"""Tables and figures with the paper's numbers side by side."""

@@ -1,0 +1,155 @@
+"""Tables and figures with the paper's numbers side by side.
+
+The paper's values ship in ``emprior/paper_tables/*.csv`` (from diem-arxiv Tables 1, 4, 5). Our
+numbers are measured by the DAG; where a metric cannot be computed honestly (e.g. FID without the
+Inception weights) the cell says why instead of holding a number.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emprior.core.artifacts import save_figure, save_text
+from emprior.evaluation.iteration import read_metrics
+
+COVARIANCE_LABEL = {"tweedie": "tweedie", "inv": "(I+Sigma_t^-1)^-1", "sigma_t": "Sigma_t",
+                    "prior": "(Sigma_x^-1+Sigma_t^-1)^-1"}
+
+
+def paper_table(name: str) -> pd.DataFrame:
+    with resources.files("emprior.report.paper_tables").joinpath(f"{name}.csv").open() as f:
+        return pd.read_csv(f)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-2 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFrame:
+    """Final-iteration sample quality per variant, next to the paper's Table 1 (CIFAR-10), with the
+    iteration-1 E-step check (``estep_check``: spread, bias2 vs the exact posterior) where an
+    iteration-1 metrics.json is among ``metrics_paths``."""
+    records = read_metrics(metrics_paths)
+    paper = paper_table("table1")
+    final: dict[tuple[str, str], dict[str, Any]] = {}
+    checks: dict[tuple[str, str], dict[str, Any]] = {}
+    for rec in records:
+        key = (rec["experiment"], rec["variant"])
+        if rec.get("estep_check"):
+            checks[key] = rec["estep_check"]
+        if key not in final or rec["iteration"] > final[key]["iteration"]:
+            final[key] = rec
+    rows = []
+    for key, rec in final.items():
+        exp = config["experiments"][rec["experiment"]]
+        var = exp["variants"][rec["variant"]]
+        deleted = exp["observation"].get("options", {}).get("deleted")
+        cov = COVARIANCE_LABEL.get(var.get("covariance", "tweedie"))
+        q = rec.get("quality", {})
+        match = paper[(paper.method == "DiEM") & (paper.covariance == cov)]
+        if deleted is not None:
+            close = match[np.isclose(match.deleted, deleted)]
+            match = close if len(close) else match
+        rows.append({
+            "method": "DiEM", "covariance": cov, "dataset": exp["dataset"]["name"], "deleted": deleted,
+            "iterations": rec["iteration"], "sinkhorn": q.get("sinkhorn"),
+            "fd_digits": q.get("fd_digits"), "is_digits": q.get("is_digits"),
+            "fid": q.get("fid"), "is": q.get("is"), "fid_status": q.get("fid_status", "n/a: not an image set"),
+            "paper_fid": float(match.fid.iloc[0]) if len(match) else None,
+            "paper_is": float(match["is"].iloc[0]) if len(match) else None,
+            "paper_deleted": float(match.deleted.iloc[0]) if len(match) else None,
+            "estep_bias2_it1": checks.get(key, {}).get("bias2"), "estep_spread_it1": checks.get(key, {}).get("spread"),
+        })
+    for _, p in paper[paper.method != "DiEM"].iterrows():
+        rows.append({"method": p.method, "covariance": None, "dataset": "cifar10 (paper only)",
+                     "deleted": None, "iterations": None, "sinkhorn": None, "fd_digits": None,
+                     "is_digits": None, "fid": None, "is": None,
+                     "fid_status": "not run in this preset", "paper_fid": p.fid, "paper_is": p["is"],
+                     "paper_deleted": p.deleted, "estep_bias2_it1": None, "estep_spread_it1": None})
+    return pd.DataFrame(rows)
+
+
+def write_table(df: pd.DataFrame, out_csv: str, out_md: str, out_tex: str, provenance: dict[str, Any],
+                caption: str) -> None:
+    save_text(out_csv, df.to_csv(index=False), provenance)
+    shown = df.map(_fmt)
+    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
+    body = "".join("| " + " | ".join(row) + " |\n" for row in shown.astype(str).values.tolist())
+    save_text(out_md, f"{caption}\n\n{header}{body}", provenance)
+    tex = shown.to_latex(index=False, caption=caption, escape=True)
+    save_text(out_tex, tex, provenance)
+
+
+def metric_curves(config: dict[str, Any], experiment: str, metrics_paths: list[str], out: str,
+                  provenance: dict[str, Any]) -> None:
+    """Sample quality (Sinkhorn, FID when available) and E-step consistency along EM iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    records = read_metrics(metrics_paths)
+    rows = []
+    for r in records:
+        rows.append({"variant": r["variant"], "iteration": r["iteration"],
+                     "sinkhorn": r.get("quality", {}).get("sinkhorn"),
+                     "fid": r.get("quality", {}).get("fid"),
+                     "fd_digits": r.get("quality", {}).get("fd_digits"),
+                     "residual_ratio": r.get("estep", {}).get("residual_ratio_mean")})
+    df = pd.DataFrame(rows).sort_values(["variant", "iteration"])
+    panels = [("sinkhorn", "Sinkhorn divergence to truth"), ("residual_ratio", "E-step ||y-Ax||²/(m Σy)")]
+    if df["fid"].notna().any():
+        panels.insert(1, ("fid", "FID"))
+    if df["fd_digits"].notna().any():
+        panels.insert(1, ("fd_digits", "FD, digits-classifier features"))
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
+    for ax, (col, title) in zip(np.atleast_1d(axes), panels):
+        sub = df.dropna(subset=[col])
+        if len(sub):
+            sns.lineplot(data=sub, x="iteration", y=col, hue="variant", marker="o", ax=ax)
+            if (sub[col] > 0).all():
+                ax.set_yscale("log")
+        ax.set_title(title)
+    fig.suptitle(f"{experiment}: EM iterations")
+    fig.tight_layout()
+    save_figure(out, fig, provenance)
+    plt.close(fig)
+
+
+def manifold_marginals(samples_by_iter: dict[int, np.ndarray], truth: np.ndarray, out: str,
+                       provenance: dict[str, Any], pairs: tuple[tuple[int, int], ...] = ((0, 1), (2, 3), (1, 4))
+                       ) -> None:
+    """Figure 3: 2-d marginals of q_k along EM iterations next to the ground truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iters = sorted(samples_by_iter)
+    cols = len(iters) + 1
+    fig, axes = plt.subplots(len(pairs), cols, figsize=(2.2 * cols, 2.2 * len(pairs)), squeeze=False)
+    lim = np.quantile(np.abs(truth), 0.995) * 1.3
+    for r, (i, j) in enumerate(pairs):
+        for c, k in enumerate(iters + ["truth"]):
+            x = truth if k == "truth" else samples_by_iter[k]
+            ax = axes[r, c]
+            ax.hist2d(x[:, i], x[:, j], bins=64, range=[[-lim, lim], [-lim, lim]], cmap="viridis")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("truth" if k == "truth" else f"q_{k}")
+            if c == 0:
+                ax.set_ylabel(f"x{j} vs x{i}")
+    fig.tight_layout()
+    save_figure(out, fig, provenance)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""The M-step's training loop: denoising score matching (Eq. 4), resumable."""
