@@ -3,7 +3,7 @@ PyTorch's default, on a finished run's real inputs. Not part of the tests.
 
     python benchmarks/denormals.py RESULTS_DIR [--experiment manifold] [--variant diem_tweedie] [--iteration 3]
 
-Trains iteration k's M-step (`emprior.pipeline.steps.mstep`: iteration k-1's model.pt, iteration k's posterior.h5)
+Trains iteration k's M-step (`emprior.pipeline.em.mstep`: iteration k-1's model.pt, iteration k's posterior.h5)
 twice per mode, interleaved, in one process, and prints the median wall times and their ratio. Random
 data from a fresh network hardly produces subnormals; a warm-started network on posterior samples does
 (SiLU of very negative pre-activations, tiny gradients), which is why this needs a finished run.
@@ -21,8 +21,9 @@ import torch
 
 
 def main() -> None:
-    from emprior.pipeline import steps
     from emprior.config.loading import load_config
+    from emprior.core.job import Job
+    from emprior.pipeline import em
 
     ap = argparse.ArgumentParser()
     ap.add_argument("results", type=Path)
@@ -46,8 +47,9 @@ def main() -> None:
             for flush in (False, True) if r % 2 == 0 else (True, False):
                 torch.set_flush_denormal(flush)
                 t0 = time.perf_counter()
-                steps.mstep(cfg, args.experiment, args.variant, args.iteration, str(posterior), str(previous),
-                            str(Path(tmp) / f"model_{flush}_{r}.pt"))
+                em.mstep(Job(cfg, args.experiment, args.variant, args.iteration),
+                         str(Path(tmp) / f"model_{flush}_{r}.pt"),
+                         posterior=str(posterior), previous=str(previous))
                 seconds[flush].append(time.perf_counter() - t0)
     med = {k: sorted(v)[len(v) // 2] for k, v in seconds.items()}
     res = {"experiment": args.experiment, "iteration": args.iteration, "mstep_s_default": med[False],

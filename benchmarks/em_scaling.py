@@ -34,15 +34,16 @@ def prepare(cfg: dict, experiment: str, workdir: Path) -> tuple[Path, Path, Path
     closed-form Gaussian of iteration 1, so the comparison is not dominated by process start-up."""
     import numpy as np
 
-    from emprior.pipeline import steps
     from emprior.core.artifacts import load_h5, save_h5
+    from emprior.core.job import Job
+    from emprior.pipeline import data, em
 
     workdir.mkdir(parents=True, exist_ok=True)
     cfg_path = workdir / "config.json"
     cfg_path.write_text(json.dumps(cfg))
     clean, obs, model = workdir / "clean.h5", workdir / "observations.h5", workdir / "model.pt"
-    steps.dataset(cfg, experiment, str(clean))
-    steps.observe(cfg, experiment, str(clean), str(obs))
+    data.dataset(Job(cfg, experiment), str(clean))
+    data.observe(Job(cfg, experiment), str(clean), str(obs))
     variant = next(iter(cfg["experiments"][experiment]["variants"]))
     x = load_h5(clean)[0]["x"]
     posterior = workdir / "posterior.h5"
@@ -50,7 +51,7 @@ def prepare(cfg: dict, experiment: str, workdir: Path) -> tuple[Path, Path, Path
             attrs={}, provenance={"rule": "gather_posterior"})
     short = copy.deepcopy(cfg)
     short["experiments"][experiment]["mstep"].update(steps=50)
-    steps.mstep(short, experiment, variant, 1, str(posterior), None, str(model))
+    em.mstep(Job(short, experiment, variant, 1), str(model), posterior=str(posterior))
     return cfg_path, obs, model
 
 

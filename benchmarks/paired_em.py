@@ -10,13 +10,14 @@ x_T and Langevin noise), their M-steps the same batches and noise levels, and th
 same x_T: what differs is the covariance in the E-step and what it led to. Each evaluated iteration
 prints the mean over 4 draws of ``evaluate.n_samples`` prior samples (Sinkhorn, and the classifier
 FD/IS where the experiment has them) and the RMSE of the posterior samples to the clean data.
-The README's "Table 1" section quotes runs of this script (seeds 0 and 1).
+The E-step and the M-step are the method's own (``emprior.methods``), as in the DAG; docs/digits-table1.md
+quotes runs of this script (those before the package layout drew the network initialisation from a
+stream without the "shared" key, so their numbers are other draws of the same experiment).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import tempfile
 import time
@@ -25,17 +26,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emprior.pipeline import steps
-from emprior.core.artifacts import load_h5
 from emprior.config.loading import load_config
-from emprior.diffusion.core import Schedule
-from emprior.methods.diem import make_method, run_estep
-from emprior.evaluation.iteration import sample_quality
-from emprior.priors.checkpoint import Prior, load_prior
-from emprior.nets.networks import build_denoiser
+from emprior.core.artifacts import load_h5
+from emprior.core.job import Job
 from emprior.data.observations import load_observations
-from emprior.core.rng import derive_seed, torch_generator
-from emprior.training.mstep import em_mstep
+from emprior.evaluation.iteration import sample_quality
+from emprior.methods import make_method
+from emprior.methods.estep import run_estep
+from emprior.pipeline import data, em
+from emprior.priors.checkpoint import Prior, load_prior, prior_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DRAWS = 4
@@ -55,27 +54,25 @@ def run(cfg: dict, experiment: str, variants: list[str], iterations: int, evalua
         workdir: Path) -> None:
     exp = cfg["experiments"][experiment]
     clean_path, obs_path, q0_path = workdir / "clean.h5", workdir / "observations.h5", workdir / "q0.pt"
-    steps.dataset(cfg, experiment, str(clean_path))
-    steps.observe(cfg, experiment, str(clean_path), str(obs_path))
-    steps.init_prior(cfg, experiment, variants[0], str(obs_path), str(q0_path))  # q_0 shared by all
+    data.dataset(Job(cfg, experiment), str(clean_path))
+    data.observe(Job(cfg, experiment), str(clean_path), str(obs_path))
+    em.init_prior(Job(cfg, experiment, variants[0]), str(obs_path), str(q0_path))  # q_0 shared by all
     obs, clean = load_observations(obs_path), load_h5(clean_path)[0]["x"]
-    schedule = Schedule(**exp["schedule"])
     blocks = list(range(-(-len(obs) // exp["estep"]["block_size"])))
+    shared = dict(cfg, seed=seed)  # the EM streams from --seed
     for variant in variants:
-        method = make_method(exp["variants"][variant])
+        method = make_method(exp["variants"][variant], exp)
         prior = load_prior(q0_path)
-        torch.manual_seed(derive_seed(seed, experiment, "net_init"))
-        net = build_denoiser(dict(exp["denoiser"]), clean.shape[1:])
         for k in range(1, iterations + 1):
             t0 = time.perf_counter()
-            # "shared" instead of the variant name: the same seeds for every variant
-            post = run_estep(prior, method, obs, exp, seed, experiment, "shared", k, blocks)
-            x = post["x"]
+            # "shared" instead of the variant name: the same seeds (E-step noise, net initialisation,
+            # M-step batches) for every variant
+            job = Job(shared, experiment, "shared", k)
+            x = run_estep(prior, method, obs, job, blocks)["x"]
             rmse = float(np.sqrt(((x.numpy() - clean[:len(x)]) ** 2).reshape(len(x), -1).mean(1)).mean())
-            trained = em_mstep(net, x, schedule, exp["mstep"], torch_generator(seed, experiment, "shared", k, "mstep"))
-            model = copy.deepcopy(net).eval().requires_grad_(False)  # EMA weights: q_k
-            net.load_state_dict(trained["raw"])  # the next M-step starts from the raw weights, as in the DAG
-            prior = Prior("denoiser", tuple(clean.shape[1:]), model, {}, module=model)  # q_k
+            ckpt, _ = method.mstep(job, x, prior if method.uses_previous(k) else None, None,
+                                   str(workdir / f"{variant}_{k}.resume.pt"))
+            prior = prior_from_checkpoint(ckpt, f"{variant} iteration {k}")  # q_k
             line = f"seed {seed} {variant} iteration {k}: posterior RMSE {rmse:.4f}"
             if k in evaluate:
                 line += "".join(f", {name} {v:.3f}" for name, v in score(prior, clean, exp).items())

@@ -7,6 +7,7 @@ from pathlib import Path
 from emprior.config.loading import job_config, validate_config
 from emprior.core.errors import ConfigError
 from emprior.core.provenance import config_digest
+from emprior.methods import make_method
 
 try:
     validate_config(config, source="config")
@@ -42,6 +43,7 @@ def cfg_data(wc):
     exp = config["experiments"][wc.experiment]
     keep = {"seed": config["seed"], "results": R, "torch_threads": config.get("torch_threads", 1),
             "experiments": {wc.experiment: {"dataset": exp["dataset"], "observation": exp["observation"]}}}
+    keep.update({k: config[k] for k in ("plugins", "device") if k in config})
     return _dump(keep)
 
 
@@ -70,6 +72,21 @@ def n_shards(experiment):
     return config["experiments"][experiment]["estep"]["shards"]
 
 
+def method(experiment, variant):
+    """The variant's EM method (emprior.methods): its stages decide which jobs exist."""
+    exp = config["experiments"][experiment]
+    return make_method(exp["variants"][variant], exp)
+
+
+def has_stage(experiment, variant, stage):
+    return stage in method(experiment, variant).stages
+
+
+def first_iteration(experiment, variant):
+    """0 for a method with an initial prior (iter_000), else 1."""
+    return 0 if has_stage(experiment, variant, "init") else 1
+
+
 def itdir(experiment, variant, k):
     return f"{R}/{experiment}/{variant}/iter_{int(k):03d}"
 
@@ -87,12 +104,13 @@ def first_metrics(experiment):
 
 
 def all_iteration_metrics(experiment):
-    return [f"{itdir(experiment, v, k)}/metrics.json"
-            for v in variants_of(experiment) for k in range(n_iterations(experiment) + 1)]
+    return [f"{itdir(experiment, v, k)}/metrics.json" for v in variants_of(experiment)
+            for k in range(first_iteration(experiment, v), n_iterations(experiment) + 1)]
 
 
 def all_posterior_shards(experiment):
     return [f"{itdir(experiment, v, k)}/posterior/shard_{j}.h5" for v in variants_of(experiment)
+            if has_stage(experiment, v, "estep")
             for k in range(1, n_iterations(experiment) + 1) for j in range(n_shards(experiment))]
 
 

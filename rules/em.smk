@@ -1,5 +1,7 @@
 # Expectation-maximization (Algorithm 1). Iteration k's jobs depend on iteration k-1's model through
-# input functions, so the EM recursion is the DAG; the E-step is a scatter/gather over shards.
+# input functions, so the EM recursion is the DAG; the E-step is a scatter/gather over shards. Which
+# jobs exist follows the variant's EM method's stages (init, estep, mstep): a method without an
+# E-step trains on the observations and has no estep_shard / gather_posterior jobs.
 
 
 def previous_model(wc):
@@ -7,10 +9,18 @@ def previous_model(wc):
 
 
 def mstep_inputs(wc):
-    inputs = {"posterior": f"{itdir(wc.experiment, wc.variant, wc.k)}/posterior.h5"}
-    if int(wc.k) >= 2:  # iteration 1 trains a fresh network (the Gaussian q_0 has no weights)
+    if has_stage(wc.experiment, wc.variant, "estep"):
+        inputs = {"posterior": f"{itdir(wc.experiment, wc.variant, wc.k)}/posterior.h5"}
+    else:
+        inputs = {"observations": f"{R}/{wc.experiment}/data/observations.h5"}
+    if method(wc.experiment, wc.variant).uses_previous(int(wc.k)):  # DiEM: a fresh net at k = 1 (q_0 is Gaussian)
         inputs["previous"] = previous_model(wc)
     return inputs
+
+
+def optional_inputs(*names):
+    """``--name path`` for each of ``names`` that the rule's input function gave."""
+    return lambda wc, input: " ".join(f"--{n} {input[n]}" for n in names if n in input.keys())
 
 
 def shard_files(wc):
@@ -87,7 +97,7 @@ rule mstep:
         f"{R}/{{experiment}}/{{variant}}/iter_{{k}}/model.pt",
     params:
         cfg=cfg_em,
-        previous=lambda wc, input: f"--previous {input.previous}" if "previous" in input.keys() else "",
+        inputs=optional_inputs("posterior", "observations", "previous"),
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,
@@ -100,5 +110,5 @@ rule mstep:
         f"{R}/benchmarks/{{experiment}}/{{variant}}/iter_{{k}}/mstep.tsv"
     shell:
         "{PY} mstep --config {params.cfg} --experiment {wildcards.experiment} --variant {wildcards.variant}"
-        " --iteration {wildcards.k} --posterior {input.posterior} {params.previous} --out {output}"
+        " --iteration {wildcards.k} {params.inputs} --out {output}"
         " --threads {threads} > {log} 2>&1"

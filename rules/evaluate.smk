@@ -9,9 +9,9 @@ def metrics_inputs(wc):
         "clean": f"{R}/{wc.experiment}/data/clean.h5",
         "observations": f"{R}/{wc.experiment}/data/observations.h5",
     }
-    if int(wc.k) >= 1:
+    if int(wc.k) >= 1 and has_stage(wc.experiment, wc.variant, "estep"):
         inputs["posterior"] = f"{d}/posterior.h5"
-    if int(wc.k) == 1:
+    if int(wc.k) == 1 and method(wc.experiment, wc.variant).estep_check:
         inputs["estep_check"] = f"{d}/estep_check.json"
     return inputs
 
@@ -71,7 +71,7 @@ rule iteration_metrics:
         f"{R}/{{experiment}}/{{variant}}/iter_{{k}}/metrics.json",
     params:
         cfg=cfg_eval,
-        posterior=lambda wc, input: f"--posterior {input.posterior}" if "posterior" in input.keys() else "",
+        inputs=optional_inputs("posterior"),
         check=lambda wc, input: f"--estep-check {input.estep_check}" if "estep_check" in input.keys() else "",
     threads: 1
     resources:
@@ -84,5 +84,5 @@ rule iteration_metrics:
     shell:
         "{PY} metrics --config {params.cfg} --experiment {wildcards.experiment} --variant {wildcards.variant}"
         " --iteration {wildcards.k} --model {input.model} --samples {input.samples} --clean {input.clean}"
-        " --observations {input.observations} {params.posterior} {params.check} --out {output}"
+        " --observations {input.observations} {params.inputs} {params.check} --out {output}"
         " --threads {threads} > {log} 2>&1"

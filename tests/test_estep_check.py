@@ -4,13 +4,22 @@ import numpy as np
 import pytest
 import torch
 
-from emprior.methods.diem import make_method
+from emprior.core.job import Job
+from emprior.methods import make_method
 from emprior.core.errors import ArtifactError, ConfigError
 from emprior.evaluation.estep_check import DENSE_MAX, check_estep, exact_posteriors, score_samples
 from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian
 from emprior.priors.checkpoint import Prior
 from emprior.data.observations import Observations
 from emprior.operators.linear import make_operator, measured_system
+
+
+def _diem(**posterior) -> dict:
+    return {"method": "diem", "posterior": {"method": "mmps", **posterior}}
+
+
+def _job(exp: dict, variant: str = "v") -> Job:
+    return Job({"seed": 0, "experiments": {"toy": exp}}, "toy", variant, 1)
 
 
 def _gaussian(d: int, seed: int = 0) -> LowRankGaussian:
@@ -83,9 +92,9 @@ def _setup(d=4, n=128, noise=0.05):
 
 def test_exact_covariance_samples_the_exact_posterior_and_sigma_t_does_not():
     prior, obs, exp = _setup()
-    run = {name: check_estep(prior, make_method(v), obs, exp, 0, "toy", name, observations=128, repeats=16)
-           for name, v in {"tweedie": {"method": "diem", "covariance": "tweedie", "solver": "cg", "maxiter": 4},
-                           "sigma_t": {"method": "diem", "covariance": "sigma_t"}}.items()}
+    run = {name: check_estep(prior, make_method(v, exp), obs, _job(exp, name), observations=128, repeats=16)
+           for name, v in {"tweedie": _diem(covariance="tweedie", solver="cg", maxiter=4),
+                           "sigma_t": _diem(covariance="sigma_t", maxiter=16)}.items()}
     t, h = run["tweedie"], run["sigma_t"]
     assert t["observations"] == 128 and t["repeats"] == 16
     # a linear denoiser makes Tweedie's covariance exact: only the 256-step discretisation is left
@@ -96,12 +105,12 @@ def test_exact_covariance_samples_the_exact_posterior_and_sigma_t_does_not():
 
 def test_check_needs_the_gaussian_q0_and_valid_sizes():
     prior, obs, exp = _setup()
-    method = make_method({"method": "diem", "covariance": "inv"})
+    method = make_method(_diem(covariance="inv", maxiter=16), exp)
     learned = Prior("denoiser", (4,), prior.denoiser, {})
     with pytest.raises(ArtifactError, match="Gaussian q_0"):
-        check_estep(learned, method, obs, exp, 0, "toy", "v")
+        check_estep(learned, method, obs, _job(exp))
     with pytest.raises(ConfigError, match="evaluate.estep_check.repeats"):
-        check_estep(prior, method, obs, exp, 0, "toy", "v", observations=4, repeats=1)
+        check_estep(prior, method, obs, _job(exp), observations=4, repeats=1)
 
 
 def test_large_images_are_skipped_with_a_reason():
@@ -110,5 +119,5 @@ def test_large_images_are_skipped_with_a_reason():
     prior = Prior("gaussian", (d,), GaussianDenoiser(gauss), {}, gaussian=gauss)
     op = make_operator("identity", 1, (d,), 0.1, np.random.default_rng(0))
     obs = Observations(y=torch.zeros(2, d), index=np.arange(2), op=op, noise_std=0.1, seed=0)
-    res = check_estep(prior, make_method({"method": "diem", "covariance": "inv"}), obs, {}, 0, "toy", "v")
+    res = check_estep(prior, make_method(_diem(covariance="inv", maxiter=16), {}), obs, _job({}))
     assert res["observations"] == 0 and f"d = {d} > {DENSE_MAX}" in res["skipped"]

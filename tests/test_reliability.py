@@ -10,7 +10,9 @@ import pytest
 import torch
 import yaml
 
-from emprior.pipeline import steps
+from emprior.core.job import Job
+from emprior.pipeline import data as data_rules
+from emprior.pipeline import em as em_rules
 from emprior.core.artifacts import load_h5, load_torch, save_h5, save_torch, sha256_file
 from emprior.diffusion.core import Schedule
 from emprior.core.errors import ArtifactError, NumericalError
@@ -27,9 +29,9 @@ def digits_setup(tmp_path_factory, ):
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(repo / "config" / "tiny.yaml")
     d = tmp_path_factory.mktemp("digits")
-    steps.dataset(cfg, "digits", str(d / "clean.h5"))
-    steps.observe(cfg, "digits", str(d / "clean.h5"), str(d / "observations.h5"))
-    steps.init_prior(cfg, "digits", "diem_tweedie", str(d / "observations.h5"), str(d / "iter_000.pt"))
+    data_rules.dataset(Job(cfg, "digits"), str(d / "clean.h5"))
+    data_rules.observe(Job(cfg, "digits"), str(d / "clean.h5"), str(d / "observations.h5"))
+    em_rules.init_prior(Job(cfg, "digits", "diem_tweedie"), str(d / "observations.h5"), str(d / "iter_000.pt"))
     return cfg, d
 
 
@@ -37,7 +39,8 @@ def _estep(cfg, d, shards, shard, name):
     c = copy.deepcopy(cfg)
     c["experiments"]["digits"]["estep"]["shards"] = shards
     out = d / name
-    steps.estep(c, "digits", "diem_tweedie", 1, shard, str(d / "iter_000.pt"), str(d / "observations.h5"), str(out))
+    em_rules.estep(Job(c, "digits", "diem_tweedie", 1), shard, str(d / "iter_000.pt"), str(d / "observations.h5"),
+                   str(out))
     return out
 
 
@@ -179,11 +182,11 @@ def test_mstep_leaves_out_posterior_samples_outside_max_abs(digits_setup, tmp_pa
     post = tmp_path / "posterior.h5"
     save_h5(post, {"x": x, "index": np.arange(10), "residual_ratio": np.ones(10, np.float32)}, attrs={},
             provenance={"rule": "gather_posterior"})
-    steps.mstep(c, "digits", "diem_tweedie", 1, str(post), None, str(tmp_path / "model.pt"))
+    em_rules.mstep(Job(c, "digits", "diem_tweedie", 1), str(tmp_path / "model.pt"), posterior=str(post))
     train = load_torch(tmp_path / "model.pt")["train"]
     assert train["dropped"] == 2 and train["n_data"] == 8
     x[:] = 9.0
     save_h5(post, {"x": x, "index": np.arange(10), "residual_ratio": np.ones(10, np.float32)}, attrs={},
             provenance={"rule": "gather_posterior"})
     with pytest.raises(NumericalError, match="every posterior sample lies outside"):
-        steps.mstep(c, "digits", "diem_tweedie", 1, str(post), None, str(tmp_path / "model2.pt"))
+        em_rules.mstep(Job(c, "digits", "diem_tweedie", 1), str(tmp_path / "model2.pt"), posterior=str(post))

@@ -7,8 +7,8 @@ from emprior.report.tables import table1_frame
 
 CONFIG = {"experiments": {"digits": {
     "dataset": {"name": "digits"}, "observation": {"operator": "pixel_mask", "options": {"deleted": 0.75}},
-    "variants": {"diem_tweedie": {"method": "diem", "covariance": "tweedie"},
-                 "diem_sigma_t": {"method": "diem", "covariance": "sigma_t"}}}}}
+    "variants": {"diem_tweedie": {"method": "diem", "posterior": {"method": "mmps", "covariance": "tweedie"}},
+                 "diem_sigma_t": {"method": "diem", "posterior": {"method": "mmps", "covariance": "sigma_t"}}}}}}
 
 
 def _metrics(tmp_path, variant, k, sinkhorn, check=None):

@@ -1,5 +1,7 @@
-"""Configuration: YAML files merged in order, validated against ``config/schema.yaml`` (JSON Schema
-Draft 2020-12, no unknown keys). Errors are one line naming the key path and the bad value."""
+"""Configuration: YAML files merged in order, validated against the schema generated from
+``schema.yaml`` and the plug-in registries (:mod:`emprior.config.schema`; JSON Schema Draft 2020-12,
+no unknown keys), then each plug-in's own options. Errors are one line naming the key path and the
+bad value."""
 
 from __future__ import annotations
 
@@ -14,11 +16,10 @@ from jsonschema.exceptions import best_match
 
 from emprior.core.errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "schema.yaml"
-
-
 def load_schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    from emprior.config.schema import build_schema
+
+    return build_schema()
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -37,8 +38,13 @@ def _key_path(error: Any) -> str:
 
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Raise :class:`ConfigError` (one line) unless ``config`` satisfies the schema and the
-    cross-field rules the schema cannot express."""
+    """Raise :class:`ConfigError` (one line) unless ``config`` satisfies the schema, every plug-in's
+    own options and the cross-field rules the schema cannot express. The config's ``plugins`` are
+    imported first, so that what they register can be named."""
+    from emprior.config.plugins import load_plugins
+
+    if isinstance(config, dict) and isinstance(config.get("plugins"), list):
+        load_plugins(config["plugins"], source=source)
     validator = Draft202012Validator(load_schema())
     error = best_match(validator.iter_errors(config))
     if error is not None:
@@ -61,12 +67,37 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
             raise ConfigError(f"{source}: {where}.mstep: set exactly one of 'steps' or 'epochs'")
         if exp["estep"]["shards"] > 1 and exp["estep"]["block_size"] < 1:
             raise ConfigError(f"{source}: {where}.estep.block_size must be >= 1")
+        _check_plugins(exp, f"{source}: {where}")
+    for section in ("sampler_benchmark", "cost_benchmark"):
+        _check_posterior_specs(config.get(section, {}).get("methods", {}), f"{source}: {section}.methods")
     table1 = config.get("tables", {}).get("table1")
     for name in (table1 or {}).get("experiments", []):
         if name not in config.get("experiments", {}):
             raise ConfigError(f"{source}: tables.table1.experiments: {name!r} is not one of the "
                               f"experiments ({', '.join(config['experiments'])})")
     return config
+
+
+def _check_plugins(exp: dict[str, Any], where: str) -> None:
+    """Each plug-in checks its own keys: the schema only knows the union of a family's options."""
+    from emprior.config.schema import registries
+    from emprior.methods import make_method
+
+    reg = registries()
+    reg["dataset"].options(exp["dataset"]["name"], exp["dataset"], where=f"{where}.dataset")
+    obs = exp["observation"]
+    reg["operator"].options(obs["operator"], obs.get("options", {}), where=f"{where}.observation.options")
+    reg["network"].options(exp["denoiser"]["net"], exp["denoiser"], where=f"{where}.denoiser")
+    for name, var in exp["variants"].items():
+        make_method(var, exp, where=f"{where}.variants.{name}")
+
+
+def _check_posterior_specs(methods: dict[str, Any], where: str) -> None:
+    from emprior.config.schema import registries
+
+    samplers = registries()["posterior_sampler"]
+    for label, spec in methods.items():
+        samplers.options(spec["method"], spec, where=f"{where}.{label}")
 
 
 def load_config(*paths: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -112,7 +143,8 @@ def job_config(config: dict[str, Any], experiment_name: str | None = None, varia
     """The part of ``config`` one job depends on: global keys plus one experiment (and one of its
     variants), minus the sections in ``drop``. Snakemake passes it to the job as a file named by its
     digest, so editing one variant or the evaluation settings does not rerun unrelated jobs."""
-    out: dict[str, Any] = {k: copy.deepcopy(config[k]) for k in ("seed", "results", "torch_threads", "metrics")
+    out: dict[str, Any] = {k: copy.deepcopy(config[k])
+                           for k in ("seed", "results", "torch_threads", "device", "plugins", "metrics")
                            if k in config}
     if experiment_name is None:
         for key in ("fig2", "tables", "sampler_benchmark", "cost_benchmark"):

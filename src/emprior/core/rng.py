@@ -21,10 +21,11 @@ def derive_seed(base: int, *keys: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def torch_generator(base: int, *keys: object) -> torch.Generator:
+def torch_generator(base: int, *keys: object, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` seeded by :func:`derive_seed` (a CUDA stream differs from the CPU one)."""
     import torch
 
-    g = torch.Generator(device="cpu")
+    g = torch.Generator(device=device)
     g.manual_seed(derive_seed(base, *keys))
     return g
 

@@ -33,6 +33,17 @@ def _total_seconds(timing: dict[str, Any]) -> float | None:
     return total or None
 
 
+def _has_estep(it_dir: Path) -> bool:
+    """Whether this iteration's method ran an E-step (a method without one writes no posterior): its
+    shards folder, or its metrics.json's ``estep`` record, says so."""
+    if (it_dir / "posterior").exists() or (it_dir / "posterior.h5").exists():
+        return True
+    try:
+        return "estep" in json.loads((it_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_limit: float = 0.01) -> pd.DataFrame:
     results = Path(results)
     rows = []
@@ -41,7 +52,7 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
         k = int(ITER.search(it_dir.name).group(1))
         flags: list[str] = []
         row: dict[str, Any] = {"experiment": experiment, "variant": variant, "iteration": k}
-        for name in ["model.pt", "prior_samples.h5", "metrics.json"] + (["posterior.h5"] if k else []):
+        for name in ["model.pt", "prior_samples.h5", "metrics.json"] + (["posterior.h5"] if _has_estep(it_dir) else []):
             path = it_dir / name
             if not path.exists():
                 flags.append(f"missing {name}")

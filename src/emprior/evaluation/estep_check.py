@@ -71,12 +71,12 @@ def score_samples(x: torch.Tensor, means: torch.Tensor, covs: torch.Tensor) -> d
     return out
 
 
-def check_estep(prior, method, obs, exp_cfg: dict[str, Any], seed: int, experiment: str, variant: str,
-                observations: int = DEFAULTS["observations"], repeats: int = DEFAULTS["repeats"]) -> dict[str, Any]:
+def check_estep(prior, method, obs, job, observations: int = DEFAULTS["observations"],
+                repeats: int = DEFAULTS["repeats"]) -> dict[str, Any]:
     """Draw ``repeats`` E-step samples for each of the first ``observations`` pairs (the variant's
     sampler, covariance and solver; its own random stream) and score them against the exact posterior."""
-    from emprior.methods.diem import run_estep
     from emprior.data.observations import Observations
+    from emprior.methods.estep import run_estep
 
     if prior.gaussian is None:
         raise ArtifactError("estep check: needs the Gaussian q_0 (iter_000/model.pt), got a learned prior")
@@ -91,10 +91,9 @@ def check_estep(prior, method, obs, exp_cfg: dict[str, Any], seed: int, experime
     rows = np.repeat(np.arange(n), repeats)
     sub = Observations(y=obs.y[rows], index=obs.index[rows], op=obs.op[rows] if len(obs.op) > 1 else obs.op,
                        noise_std=obs.noise_std, seed=obs.seed)
-    bs = exp_cfg["estep"]["block_size"]
-    res = run_estep(prior, method, sub, exp_cfg, seed, experiment, variant, 1, list(range(-(-len(rows) // bs))),
-                    stream="estep_check")
+    bs = job.exp["estep"]["block_size"]
+    res = run_estep(prior, method, sub, job, list(range(-(-len(rows) // bs))), stream="estep_check")
     x = res["x"].reshape(n, repeats, -1)
-    means, covs = exact_posteriors(prior.gaussian, obs.op, obs.y[:n], obs.noise_std)
+    means, covs = exact_posteriors(prior.gaussian.to(device="cpu"), obs.op, obs.y[:n], obs.noise_std)
     # run_estep raises on non-finite samples, so every score below is of finite samples
     return {"observations": n, "repeats": int(repeats), **score_samples(x, means, covs), "seconds": res["seconds"]}

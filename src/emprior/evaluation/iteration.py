@@ -89,15 +89,15 @@ def sample_quality(samples: np.ndarray, clean: np.ndarray, ev: dict[str, Any], s
     return out
 
 
-def iteration_metrics(config: dict[str, Any], experiment: str, variant: str, iteration: int, model: str,
-                      samples: str, clean: str, observations: str, posterior: str | None, out: str,
+def iteration_metrics(job, model: str, samples: str, clean: str, observations: str, posterior: str | None, out: str,
                       estep_check: str | None = None) -> None:
-    from emprior.config import loading as cfgmod
-    from emprior.data.observations import load_clean
-    from emprior.core.provenance import make_provenance
+    """metrics.json of ``job``'s iteration (see the module docstring for its sections)."""
     from emprior.core.rng import derive_seed
+    from emprior.data.observations import load_clean
+    from emprior.methods.estep import merge_stats
 
-    exp = cfgmod.experiment(config, experiment)
+    config, experiment, variant, iteration = job.config, job.experiment, job.variant, job.iteration
+    exp = job.exp
     ckpt = load_torch(model)
     sdata, sattrs = load_h5(samples, rule="prior_samples")
     x_clean = load_clean(clean)
@@ -126,17 +126,12 @@ def iteration_metrics(config: dict[str, Any], experiment: str, variant: str, ite
         pdata, pattrs = load_h5(posterior, rule="gather_posterior")
         ratio = pdata["residual_ratio"]
         shards = pattrs.get("shards", [])
-        solver: dict[str, list[float]] = {}
-        for sh in shards:
-            for k, v in (sh.get("solver") or {}).items():
-                solver.setdefault(k, []).append(v)
         record["estep"] = {
             "n": int(len(ratio)),
             "finite": bool(np.isfinite(pdata["x"]).all()),
             "residual_ratio_mean": float(np.mean(ratio)),
             "residual_ratio_q": {q: float(np.quantile(ratio, float(q))) for q in ("0.1", "0.5", "0.9")},
-            "solver": {k: (float(np.sum(v)) if k in ("calls", "vjps", "breakdowns", "iterations")
-                           else float(np.mean(v))) for k, v in solver.items()},
+            "solver": merge_stats([sh.get("solver") for sh in shards]),
             "shards": [{"file": s["file"], "sha256": s["sha256"], "blocks": s["blocks"],
                         "block_seeds": s["block_seeds"]} for s in shards],
         }
@@ -160,9 +155,7 @@ def iteration_metrics(config: dict[str, Any], experiment: str, variant: str, ite
     if estep_check:
         timing["estep_check"] = runtime_of(estep_check).get("seconds")
     record["timing"] = timing
-    prov = make_provenance(config, config.get("seed"), "iteration_metrics", experiment=experiment, variant=variant,
-                           iteration=iteration)
-    save_json(out, _clean_floats(record), prov)
+    save_json(out, _clean_floats(record), job.provenance("iteration_metrics"))
     log.info("metrics %s/%s iter %d: %s", experiment, variant, iteration, record.get("quality"))
 
 

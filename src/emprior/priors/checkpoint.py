@@ -42,7 +42,8 @@ class Prior:
 
         ev = exp_cfg["evaluate"]
         return sample_prior(self.denoiser, n, self.x_shape, Schedule(**exp_cfg["schedule"]), ev["steps"],
-                            ev["sampler"], generator, corrections=ev.get("corrections", 0), tau=ev.get("tau", 0.1))
+                            ev["sampler"], generator, corrections=ev.get("corrections", 0), tau=ev.get("tau", 0.1),
+                            eta=ev.get("eta", 1.0))
 
 
 def gaussian_checkpoint(result, x_shape) -> dict[str, Any]:
@@ -50,26 +51,39 @@ def gaussian_checkpoint(result, x_shape) -> dict[str, Any]:
             "s": result.s.float(), "tau": float(result.tau), "log_evidence": list(result.log_evidence)}
 
 
-def load_prior(path: str | Path, rule: str | None = None) -> Prior:
-    from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian
-    from emprior.nets.networks import build_denoiser
+def load_prior(path: str | Path, rule: str | None = None, device: torch.device | str | None = None) -> Prior:
+    """model.pt (checksum verified) as a :class:`Prior` on ``device`` (default: the CPU)."""
+    return prior_from_checkpoint(load_torch(path, rule=rule), str(path), device)
 
-    ckpt = load_torch(path, rule=rule)
+
+def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
+                          device: torch.device | str | None = None) -> Prior:
+    """A checkpoint dict (as model.pt holds it) as a :class:`Prior` on ``device``."""
+    from emprior.nets.networks import build_denoiser
+    from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian
+
     kind = ckpt.get("kind")
     x_shape = tuple(int(k) for k in ckpt.get("x_shape", ()))
     if kind == "gaussian":
         g = LowRankGaussian(mean=ckpt["mean"], U=ckpt["U"], s=ckpt["s"], tau=float(ckpt["tau"]),
                             event_shape=x_shape)
+        if device is not None:
+            g = g.to(device=device)
         return Prior(kind, x_shape, GaussianDenoiser(g), ckpt, gaussian=g)
     if kind == "denoiser":
-        module = build_denoiser(dict(ckpt["net"]), x_shape)
+        # its random initialisation is overwritten: draw it off the global stream, which the caller's
+        # training (dropout) may be using
+        with torch.random.fork_rng(devices=[]):
+            module = build_denoiser(dict(ckpt["net"]), x_shape)
         try:
             module.load_state_dict(ckpt["weights"])
         except RuntimeError as exc:
-            raise ArtifactError(f"{path}: weights do not match the net config "
+            raise ArtifactError(f"{where}: weights do not match the net config "
                                 f"({str(exc).splitlines()[0]})") from None
         module.eval()
+        if device is not None:
+            module.to(device)
         for p in module.parameters():
             p.requires_grad_(False)
         return Prior(kind, x_shape, module, ckpt, module=module)
-    raise ArtifactError(f"{path}: unknown model kind {kind!r} (expected 'gaussian' or 'denoiser')")
+    raise ArtifactError(f"{where}: unknown model kind {kind!r} (expected 'gaussian' or 'denoiser')")

@@ -52,7 +52,7 @@ def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFra
         exp = config["experiments"][rec["experiment"]]
         var = exp["variants"][rec["variant"]]
         deleted = exp["observation"].get("options", {}).get("deleted")
-        cov = COVARIANCE_LABEL.get(var.get("covariance", "tweedie"))
+        cov = COVARIANCE_LABEL.get(var.get("posterior", {}).get("covariance", "tweedie"))
         q = rec.get("quality", {})
         match = paper[(paper.method == "DiEM") & (paper.covariance == cov)]
         if deleted is not None:

@@ -1,0 +1,88 @@
+"""The EM-method protocol (Algorithm 1 and its peers) and the registry of methods.
+
+A method is one class registered with :data:`EM_METHODS` together with its options dataclass. It
+declares its ``stages``, a subset of
+
+- ``init``: the initial prior q_0 (``iter_000/model.pt``), e.g. DiEM's Gaussian fitted by EM;
+- ``estep``: posterior samples x ~ q_{k-1}(x | y, A) for every observation (``iter_k/posterior.h5``),
+  drawn with any registered posterior sampler and diffusion sampler;
+- ``mstep``: the prior q_k (``iter_k/model.pt``) trained on the E-step's samples (or, for a method
+  without an E-step, on the observations themselves),
+
+and owns each stage it declares. ``rules/em.smk`` builds the jobs from the stages: a method without
+an E-step gets no E-step jobs, one without ``init`` starts at iteration 1 from nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from emprior.core.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from emprior.core.job import Job
+    from emprior.data.observations import Observations
+    from emprior.priors.checkpoint import Prior
+
+STAGES = ("init", "estep", "mstep")
+
+EM_METHODS: Registry[type[EMMethod]] = Registry("EM method", "method")
+
+
+class EMMethod:
+    """Base class of EM methods. Subclasses set ``stages`` and implement the stages they declare.
+
+    ``options`` is the method's options dataclass filled from the variant's config, ``exp`` the
+    experiment's config (dataset, observation, schedule, denoiser, estep, mstep, evaluate)."""
+
+    stages: ClassVar[tuple[str, ...]] = STAGES
+    # iteration 1's E-step can be scored against the exact posterior under a Gaussian q_0
+    estep_check: ClassVar[bool] = False
+
+    def __init__(self, options: Any, exp: dict[str, Any]):
+        self.options = options
+        self.exp = exp
+
+    # -- stage: init ---------------------------------------------------------------------------
+    def init_prior(self, job: Job, obs: Observations) -> tuple[dict[str, Any], dict[str, Any]]:
+        """q_0 as a model.pt checkpoint dict, and run-dependent numbers for the sidecar."""
+        raise NotImplementedError(f"{type(self).__name__} has no init stage")
+
+    # -- stage: estep --------------------------------------------------------------------------
+    def posterior(self, prior: Prior, op: Any, y: torch.Tensor) -> Any:
+        """The posterior denoiser E[x | x_t, y] the E-step samples with, for one block of observations."""
+        raise NotImplementedError(f"{type(self).__name__} has no E-step")
+
+    # -- stage: mstep --------------------------------------------------------------------------
+    def uses_previous(self, iteration: int) -> bool:
+        """Whether iteration ``iteration``'s M-step starts from iter_{k-1}/model.pt."""
+        return iteration >= 2
+
+    def mstep(self, job: Job, data: torch.Tensor, previous: Prior | None, obs: Observations | None,
+              resume_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """q_k as a model.pt checkpoint dict (and sidecar numbers), trained on ``data``: the gathered
+        posterior samples, or the observations' y for a method without an E-step (``obs`` is given then)."""
+        raise NotImplementedError(f"{type(self).__name__} has no M-step")
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def sample_prior(self, job: Job, prior: Prior, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n samples of q_k as the evaluation draws them (the ``evaluate`` sampler settings)."""
+        return prior.sample(n, self.exp, generator)
+
+    def validate(self, where: str) -> None:
+        """Check option combinations a schema cannot express; one-line ConfigError naming the key."""
+
+
+def make_method(variant_cfg: dict[str, Any], exp_cfg: dict[str, Any], where: str = "variant") -> EMMethod:
+    """The registered method ``variant_cfg["method"]`` with its options from the variant's config."""
+    name = variant_cfg.get("method")
+    cls = EM_METHODS.get(name, where=f"{where}.method")
+    method = cls(EM_METHODS.options(name, variant_cfg, where=where), exp_cfg)
+    method.validate(where)
+    return method
+
+
+def stages_of(variant_cfg: dict[str, Any]) -> tuple[str, ...]:
+    return EM_METHODS.get(variant_cfg.get("method"), where="variant.method").stages

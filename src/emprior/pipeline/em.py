@@ -1,0 +1,102 @@
+"""Rules of the EM recursion (Algorithm 1): ``init_prior`` -> iter_000/model.pt, then per iteration
+``estep_shard`` (scattered) -> ``gather_posterior`` -> ``mstep``. What each stage computes is the
+variant's EM method's (:mod:`emprior.methods`); these functions read inputs and write artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from emprior.core.artifacts import load_h5, save_h5, save_torch, verify
+from emprior.core.errors import ArtifactError
+from emprior.core.job import Job
+from emprior.core.log import get_logger
+from emprior.pipeline.commands import command
+
+log = get_logger("emprior.pipeline.em")
+
+
+def method_of(job: Job):
+    from emprior.methods import make_method
+
+    return make_method(job.var, job.exp, where=f"experiments.{job.experiment}.variants.{job.variant}")
+
+
+@command("init-prior", ids=("experiment", "variant"))
+def init_prior(job: Job, observations: str, out: str) -> None:
+    """rule init_prior: the method's initial prior q_0 -> iter_000/model.pt"""
+    from emprior.data.observations import load_observations
+
+    job.iteration = 0
+    ckpt, runtime = method_of(job).init_prior(job, load_observations(observations))
+    save_torch(out, ckpt, job.provenance("init_prior"), runtime=runtime)
+
+
+@command("estep", ids=("experiment", "variant", "iteration"))
+def estep(job: Job, shard: int, model: str, observations: str, out: str) -> None:
+    """rule estep_shard: posterior samples of one shard -> shard_j.h5"""
+    from emprior.data.observations import load_observations
+    from emprior.methods.estep import run_estep, shard_blocks
+    from emprior.priors.checkpoint import load_prior
+
+    obs = load_observations(observations)
+    prior = load_prior(model, device=job.device)
+    if tuple(prior.x_shape) != tuple(obs.x_shape):
+        raise ArtifactError(f"{model}: prior of shape {prior.x_shape} does not match observations {obs.x_shape}")
+    est = job.exp["estep"]
+    blocks = shard_blocks(len(obs), est["block_size"], est["shards"], shard)
+    res = run_estep(prior, method_of(job), obs, job, blocks, shard=shard)
+    save_h5(out, {"x": res["x"], "index": res["index"], "residual_ratio": res["residual_ratio"]},
+            attrs={"blocks": res["blocks"], "block_seeds": [str(s) for s in res["block_seeds"]],
+                   "solver": res["solver"], "shard": shard, "shards": est["shards"], "iteration": job.iteration},
+            provenance=job.provenance("estep_shard", shard=shard), runtime={"seconds": res["seconds"]})
+
+
+@command("gather", ids=("experiment", "variant", "iteration"), torch=False)
+def gather(job: Job, out: str, shards: list[str]) -> None:
+    """rule gather_posterior: shards -> posterior.h5"""
+    xs, idx, ratios, info = [], [], [], []
+    for path in shards:
+        data, attrs = load_h5(path, rule="estep_shard")
+        xs.append(data["x"])
+        idx.append(data["index"])
+        ratios.append(data["residual_ratio"])
+        info.append({"file": Path(path).name, "sha256": verify(path)["sha256"], "blocks": attrs["blocks"],
+                     "block_seeds": attrs["block_seeds"], "solver": attrs["solver"]})
+    index = np.concatenate(idx)
+    order = np.argsort(index, kind="stable")
+    if len(np.unique(index)) != len(index):
+        raise ArtifactError(f"{out}: shards overlap (duplicate observation indices)")
+    x = np.concatenate(xs)[order]
+    if not np.isfinite(x).all():
+        raise ArtifactError(f"{out}: non-finite posterior samples in shards")
+    save_h5(out, {"x": x, "index": index[order], "residual_ratio": np.concatenate(ratios)[order]},
+            attrs={"shards": info, "iteration": job.iteration}, provenance=job.provenance("gather_posterior"))
+
+
+@command("mstep", ids=("experiment", "variant", "iteration"))
+def mstep(job: Job, out: str, posterior: str | None = None, observations: str | None = None,
+          previous: str | None = None) -> None:
+    """rule mstep: the method's M-step on posterior.h5 (or on the observations) -> model.pt"""
+    import torch
+
+    from emprior.data.observations import load_observations
+    from emprior.priors.checkpoint import load_prior
+
+    method = method_of(job)
+    obs = load_observations(observations) if observations else None
+    if "estep" in method.stages:
+        if not posterior:
+            raise ArtifactError(f"{out}: the M-step of {job.var['method']!r} needs --posterior (posterior.h5)")
+        data = torch.as_tensor(load_h5(posterior, rule="gather_posterior")[0]["x"], dtype=torch.float32)
+    elif obs is not None:
+        data = obs.y
+    else:
+        raise ArtifactError(f"{out}: the M-step of {job.var['method']!r} needs --observations (observations.h5)")
+    prev = load_prior(previous, rule="mstep") if previous else None
+    resume = str(out) + ".resume.pt"
+    ckpt, runtime = method.mstep(job, data, prev, obs, resume)
+    save_torch(out, ckpt, job.provenance("mstep"), runtime=runtime)
+    Path(resume).unlink(missing_ok=True)
+    Path(resume + ".prov.json").unlink(missing_ok=True)

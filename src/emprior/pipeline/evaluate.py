@@ -1,0 +1,55 @@
+"""Rules that judge an EM iteration: ``prior_samples``, ``estep_check`` (iteration 1) and
+``iteration_metrics`` (metrics.json, the audit record)."""
+
+from __future__ import annotations
+
+import time
+
+from emprior.core.artifacts import save_h5, save_json
+from emprior.core.job import Job
+from emprior.core.log import get_logger
+from emprior.pipeline.commands import command
+from emprior.pipeline.em import method_of
+
+log = get_logger("emprior.pipeline.evaluate")
+
+
+@command("prior-samples", ids=("experiment", "variant", "iteration"))
+def prior_samples(job: Job, model: str, out: str) -> None:
+    """rule prior_samples: unconditional samples of q_k"""
+    from emprior.priors.checkpoint import load_prior
+
+    prior = load_prior(model, device=job.device)
+    start = time.perf_counter()
+    x = method_of(job).sample_prior(job, prior, job.exp["evaluate"]["n_samples"], job.generator("prior_samples"))
+    save_h5(out, {"x": x.float().cpu()}, attrs={"iteration": job.iteration},
+            provenance=job.provenance("prior_samples"), runtime={"seconds": time.perf_counter() - start})
+
+
+@command("estep-check", ids=("experiment", "variant"))
+def estep_check(job: Job, model: str, observations: str, out: str) -> None:
+    """rule estep_check: iteration 1's E-step vs the exact posterior under q_0"""
+    from emprior.data.observations import load_observations
+    from emprior.evaluation.estep_check import DEFAULTS, check_estep
+    from emprior.priors.checkpoint import load_prior
+
+    job.iteration = 1
+    opts = {**DEFAULTS, **job.exp.get("evaluate", {}).get("estep_check", {})}
+    res = check_estep(load_prior(model, device=job.device), method_of(job), load_observations(observations), job,
+                      opts["observations"], opts["repeats"])
+    seconds = res.pop("seconds")
+    if "skipped" in res:
+        log.info("estep check %s skipped: %s", job.context, res["skipped"])
+    else:
+        log.info("estep check %s: spread %.3f +- %.3f, bias2 %.4f +- %.4f (exact sampler: 1 and 0)",
+                 job.context, res["spread"], res["spread_se"], res["bias2"], res["bias2_se"])
+    save_json(out, res, job.provenance("estep_check"), runtime={"seconds": seconds})
+
+
+@command("metrics", ids=("experiment", "variant", "iteration"))
+def metrics(job: Job, model: str, samples: str, clean: str, observations: str, out: str,
+            posterior: str | None = None, estep_check: str | None = None) -> None:
+    """rule iteration_metrics: metrics.json (quality + audit record)"""
+    from emprior.evaluation.iteration import iteration_metrics
+
+    iteration_metrics(job, model, samples, clean, observations, posterior, out, estep_check)
