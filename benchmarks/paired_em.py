@@ -28,7 +28,7 @@ import torch
 from emprior.pipeline import steps
 from emprior.core.artifacts import load_h5
 from emprior.config.loading import load_config
-from emprior.diffusion.core import Schedule
+from emprior.diffusion import Schedule
 from emprior.methods.diem import make_method, run_estep
 from emprior.evaluation.iteration import sample_quality
 from emprior.priors.checkpoint import Prior, load_prior

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from emprior.diffusion.core import Schedule, sample
+from emprior.diffusion.samplers import sample
+from emprior.diffusion.schedule import Schedule
 from emprior.core.errors import NumericalError
 from emprior.core.log import get_logger
 from emprior.core.rng import derive_seed, torch_generator
@@ -56,7 +57,7 @@ class DiEM:
         return opts
 
     def posterior(self, prior, op, y):
-        from emprior.posterior.samplers import make_posterior
+        from emprior.posterior import make_posterior
 
         opts = self.posterior_options()
         if opts["covariance"] == "prior":

@@ -138,7 +138,7 @@ def mstep(config: dict[str, Any], experiment: str, variant: str, iteration: int,
           previous: str | None, out: str) -> None:
     import torch
 
-    from emprior.diffusion.core import Schedule
+    from emprior.diffusion.schedule import Schedule
     from emprior.priors.checkpoint import load_prior
     from emprior.nets.networks import build_denoiser
     from emprior.training.mstep import em_mstep
