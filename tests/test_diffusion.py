@@ -1,4 +1,4 @@
-"""Tests of emprior.diffusion.core against closed forms: the VE schedule (Eq. 27), the preconditioning
+"""Tests of emprior.diffusion against closed forms: the VE schedule (Eq. 27), the preconditioning
 (Eq. 26), the DSM loss (Eq. 4), the samplers with the exact denoiser of a Gaussian, and EMA."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from emprior.diffusion.core import (
+from emprior.diffusion import (
     EMA,
     PreconditionedDenoiser,
     Schedule,

@@ -1,4 +1,4 @@
-"""Batched CG / GMRES (emprior.linalg.krylov): exactness, per-sample coefficients, breakdown safety.
+"""Batched CG / GMRES (emprior.linalg): exactness, per-sample coefficients, breakdown safety.
 
 All checks are float64; "converges" means within 1e-8 of torch.linalg.solve.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emprior.linalg.krylov import batch_dot, cg, gmres
+from emprior.linalg import batch_dot, cg, gmres
 
 
 def _spd(B: int, n: int, g: torch.Generator, cond: float = 50.0) -> torch.Tensor:

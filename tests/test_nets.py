@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from emprior.diffusion.core import PreconditionedDenoiser
+from emprior.diffusion import PreconditionedDenoiser
 from emprior.core.errors import ConfigError
 from emprior.nets.networks import MLP, PixelShuffleWrapper, UNet, build_denoiser, noise_embedding
 

@@ -1,4 +1,4 @@
-"""Posterior denoisers (emprior.posterior.samplers): MMPS (Algorithm 3) and DPS / PiGDM / TMPD / DiffPIR.
+"""Posterior denoisers (emprior.posterior): MMPS (Algorithm 3) and DPS / PiGDM / TMPD / DiffPIR.
 
 Setting of the acceptance tests: Gaussian prior N(mu, Sigma) in d = 8 (event shape (2, 4)), Sigma
 with eigenvalues log-spaced in [1e-2, 10] in a random basis (strong "local covariance"), mu != 0,
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from emprior.diffusion.core import Schedule, sample
+from emprior.diffusion import Schedule, sample
 from emprior.priors.gaussian import (
     GaussianDenoiser,
     GaussianMixture,
@@ -29,7 +29,7 @@ from emprior.priors.gaussian import (
     gaussian_posterior,
 )
 from emprior.operators.linear import make_operator
-from emprior.posterior.samplers import make_posterior
+from emprior.posterior import make_posterior
 
 D64 = torch.float64
 SHAPE = (2, 4)
@@ -410,7 +410,7 @@ def test_tweedie_guidance_reuses_the_solver_vjps(solver, maxiter):
     """A nonlinear denoiser (non-symmetric Jacobian): MMPS-tweedie's estimate equals Algorithm 3 done
     step by step, x_hat + sigma^2 J^T A^T v with v from the same solve and a separate VJP, to 1e-12,
     while spending maxiter VJPs instead of maxiter + 1."""
-    from emprior.linalg.krylov import cg, gmres
+    from emprior.linalg import cg, gmres
 
     g = _gen(21)
     W1 = torch.randn(8, 16, generator=g, dtype=D64) / 3
@@ -462,7 +462,7 @@ def test_vjp_is_grad_outputs_bit_for_bit_and_skips_the_sympy_import():
 
     code = ("import sys, numpy as np, torch\n"
             "from emprior.operators.linear import make_operator\n"
-            "from emprior.posterior.samplers import make_posterior\n"
+            "from emprior.posterior import make_posterior\n"
             "op = make_operator('pixel_mask', 2, (1, 4, 4), 0.1, np.random.default_rng(0), deleted=0.5)\n"
             "y = op.observe(torch.randn(2, 1, 4, 4), generator=torch.Generator().manual_seed(0))\n"
             "post = make_posterior('mmps', lambda x, s: torch.tanh(x), op, y,"

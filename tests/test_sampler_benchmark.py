@@ -218,7 +218,7 @@ def test_main_writes_table4_with_paper_columns(tmp_path):
     row = read[(read.method == "DPS") & (read.task == "box_inpainting")].iloc[0]
     assert row.steps == 10 and row.paper_psnr == 10.41 and row.paper_ssim == 0.34 and row.paper_lpips == 0.64
     row = read[(read.method == "MMPS (1)") & (read.task == "super_resolution")].iloc[0]
-    assert row.paper_psnr == 26.94 and row.vjps_per_step == 1.0  # the paper's code: 2 (see emprior.linalg.krylov)
+    assert row.paper_psnr == 26.94 and row.vjps_per_step == 1.0  # the paper's code: 2 (see emprior.linalg.batched)
     assert read[read.method == "DPS"].vjps_per_step.eq(1.0).all()
     assert read[read.method == "DiffPIR"].vjps_per_step.eq(0.0).all()
     exact = read[read.method == "Exact posterior"]
@@ -240,7 +240,7 @@ def test_main_writes_table4_with_paper_columns(tmp_path):
 def test_methods_share_x_T_and_noise():
     """Same seed for all methods: a method whose guidance vanishes (DPS with zeta = 0) reproduces the
     unconditional DDPM sample bit for bit, whatever other methods ran before it."""
-    from emprior.diffusion.core import Schedule, sample
+    from emprior.diffusion import Schedule, sample
     from emprior.priors.gaussian import GaussianMixtureDenoiser
     from emprior.core.rng import torch_generator
 

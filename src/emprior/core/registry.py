@@ -167,6 +167,15 @@ class Registry(Generic[T]):
             at = f"{where}." if where else ""
             raise ConfigError(f"{at}{unknown[0]}: not an option of {self.family} {name!r} "
                               f"(allowed: {', '.join(allowed) or 'none'})")
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import best_match
+
+        schema = {"type": "object", "properties": options_schema(entry.options)}
+        error = best_match(Draft202012Validator(schema).iter_errors(dict(given)))
+        if error is not None:
+            key = ".".join(str(p) for p in error.absolute_path)
+            at = ".".join(p for p in (where, key) if p)
+            raise ConfigError(f"{at or name}: {error.message} ({self.family} {name!r})")
         try:
             return entry.options(**given)
         except (TypeError, ValueError) as exc:

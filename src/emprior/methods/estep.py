@@ -17,7 +17,8 @@ import torch
 
 from emprior.core.errors import NumericalError
 from emprior.core.log import get_logger
-from emprior.diffusion.core import Schedule, sample
+from emprior.diffusion.samplers import sample
+from emprior.diffusion.schedule import Schedule
 
 if TYPE_CHECKING:
     from emprior.core.job import Job

@@ -48,7 +48,7 @@ def denoiser_mstep(job: Job, x: torch.Tensor, previous: Prior | None, resume_pat
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train d_theta by DSM (Eq. 4) on ``x`` from ``previous``'s raw weights (a fresh net if None);
     returns the ``kind="denoiser"`` checkpoint (EMA weights for sampling, raw weights to continue from)."""
-    from emprior.diffusion.core import Schedule
+    from emprior.diffusion.schedule import Schedule
     from emprior.training.mstep import em_mstep
 
     exp = job.exp

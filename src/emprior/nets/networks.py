@@ -6,7 +6,7 @@
   style of diffusion transformers (adaLN-Zero), multi-head self-attention after each residual block at
   levels with heads > 0, down/up sampling between levels and skip connections.
 - :class:`PixelShuffleWrapper` (MRI): (B, 1, 320, 320) <-> (B, 16, 80, 80) around a network.
-- :func:`build_denoiser`: a config dict -> :class:`~emprior.diffusion.core.PreconditionedDenoiser`.
+- :func:`build_denoiser`: a config dict -> :class:`~emprior.diffusion.preconditioning.PreconditionedDenoiser`.
 
 The output layer of every network is initialised to zero, so a fresh denoiser is
 d(x_t, sigma) = x_t/(sigma^2 + 1), the exact denoiser of N(0, I).
@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emprior.diffusion.core import PreconditionedDenoiser, batch_sigma
+from emprior.diffusion.preconditioning import PreconditionedDenoiser
+from emprior.diffusion.schedule import batch_sigma
 from emprior.core.errors import ConfigError
 
 LOG_SIGMA_MIN = math.log(1e-3)

@@ -38,7 +38,8 @@ class Prior:
         diffusion (Algorithm 2) from x_T ~ N(0, sigma_max^2 I) with the ``evaluate`` sampler settings."""
         if self.kind == "gaussian":
             return self.gaussian.sample(n, generator)
-        from emprior.diffusion.core import Schedule, sample_prior
+        from emprior.diffusion.samplers import sample_prior
+        from emprior.diffusion.schedule import Schedule
 
         ev = exp_cfg["evaluate"]
         return sample_prior(self.denoiser, n, self.x_shape, Schedule(**exp_cfg["schedule"]), ev["steps"],

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from emprior.diffusion.core import batch_sigma
+from emprior.diffusion.schedule import batch_sigma
 from emprior.core.errors import ArtifactError
 
 __all__ = [

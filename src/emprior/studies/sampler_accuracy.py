@@ -46,12 +46,13 @@ import torch
 from torch import Tensor
 
 from emprior.core.artifacts import write_artifact
-from emprior.diffusion.core import SAMPLERS, Schedule, sample
+from emprior.diffusion.samplers import DIFFUSION_SAMPLERS, sample
+from emprior.diffusion.schedule import Schedule
 from emprior.core.errors import ConfigError, DataError, NumericalError
 from emprior.priors.gaussian import GaussianMixture, GaussianMixtureDenoiser
 from emprior.core.log import get_logger
 from emprior.operators.linear import LinearOperator, make_operator, measured_system
-from emprior.posterior.samplers import PosteriorDenoiser, make_posterior
+from emprior.posterior import PosteriorDenoiser, make_posterior
 from emprior.core.rng import derive_seed, torch_generator
 
 __all__ = [
@@ -366,8 +367,8 @@ def run_benchmark(cfg: dict[str, Any], seed: int, lpips_weights_dir: str | None 
         raise ConfigError(f"{where}.steps: expected a non-empty list of step counts, got {steps_list!r}")
     steps_list = [_pos_int(s, f"{where}.steps") for s in steps_list]
     sampler = _get(cfg, "sampler", where, "ddpm")
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"{where}.sampler: must be one of {list(SAMPLERS)}, got {sampler!r}")
+    if sampler not in DIFFUSION_SAMPLERS.names():
+        raise ConfigError(f"{where}.sampler: must be one of {DIFFUSION_SAMPLERS.names()}, got {sampler!r}")
     sched_cfg = _get(cfg, "schedule", where, {"sigma_min": 1e-3, "sigma_max": 1e2})
     try:
         schedule = Schedule(_get(sched_cfg, "sigma_min", f"{where}.schedule"),

@@ -5,7 +5,7 @@ For each method (DiffPIR, DPS, GDM, TMPD, MMPS (1/3/5) by default, options as in
 - ``vjps_per_step``: vector-Jacobian products per posterior-denoiser call, from the denoiser's
   ``stats``: 0, 1, 1, 2, 1, 3, 5 (paper: 0, 1, 1, 2, 2, 4, 6). MMPS (k) with the Tweedie covariance
   costs k solver matvecs, one VJP each; the official code spends one more on the final J^T A^T v of
-  Eq. (19), which emprior accumulates from the solver's products (:mod:`emprior.linalg.krylov`, ``image``);
+  Eq. (19), which emprior accumulates from the solver's products (:mod:`emprior.linalg.batched`, ``image``);
 - ``time_ms`` / ``cpu_ms``: wall / process-CPU time of one sampling step (Algorithm 2 with the
   posterior denoiser), the median over ``repeats`` timed runs of ``steps`` steps each, divided by
   ``steps``. All methods are timed in one process after ``warmup`` untimed runs each, and the repeats
@@ -49,11 +49,12 @@ import torch
 from torch import Tensor
 
 from emprior.core.artifacts import write_artifact
-from emprior.diffusion.core import Schedule, sample
+from emprior.diffusion.samplers import sample
+from emprior.diffusion.schedule import Schedule
 from emprior.core.errors import ConfigError, EmpriorError
 from emprior.core.log import get_logger
 from emprior.operators.linear import make_operator
-from emprior.posterior.samplers import make_posterior
+from emprior.posterior import make_posterior
 from emprior.core.rng import derive_seed, torch_generator
 from emprior.studies.sampler_accuracy import DEFAULT_METHODS, check_methods
 

@@ -18,7 +18,9 @@ import torch
 from tqdm import tqdm
 
 from emprior.core.artifacts import load_torch, save_torch
-from emprior.diffusion.core import EMA, Schedule, dsm_loss
+from emprior.diffusion.ema import EMA
+from emprior.diffusion.loss import dsm_loss
+from emprior.diffusion.schedule import Schedule
 from emprior.core.errors import ArtifactError, NumericalError
 from emprior.core.log import get_logger
 
