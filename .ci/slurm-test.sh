@@ -7,7 +7,7 @@
 # (this host, 2 fake GPUs), starts munged/slurmctld/slurmd, and then runs snakemake through sbatch with
 # a test profile derived from slurm/config.yaml (same GPU assignment and attempt-scaled resources,
 # memory shrunk to fit the node):
-#   phase 1  plumbing: tests/slurm/plumbing/Snakefile (localrule, CPU rule, GPU rule that fails once
+#   phase 1  plumbing: tests/workflow/slurm/plumbing/Snakefile (localrule, CPU rule, GPU rule that fails once
 #            and is retried with doubled memory) -- proves cluster + profile + resources.
 #   phase 2  the real workflow with config/tiny.yaml, `all` target.
 # What SLURM ran is read back from slurmctld (`scontrol -o show job`; MinJobAge keeps finished jobs) and
@@ -31,7 +31,7 @@ RUN_TIMEOUT=${SLURM_TEST_TIMEOUT:-900}
 [[ -x "$VENV/bin/python" ]] || { echo "slurm-test: no venv at $VENV (run make test first)" >&2; exit 2; }
 export PATH="$VENV/bin:$PATH" VIRTUAL_ENV="$VENV"
 PY="$VENV/bin/python"
-TOOLS="$REPO/tests/slurm/slurm_test_tools.py"
+TOOLS="$REPO/tests/workflow/slurm/slurm_test_tools.py"
 WORK=$(mktemp -d /tmp/emprior-slurm-test.XXXXXX)
 PASSED=0
 FAILED=0
@@ -249,8 +249,8 @@ run_phase() {
 for phase in $PHASES; do
     case $phase in
         plumbing)
-            run_phase plumbing plumbing "$REPO/tests/slurm/plumbing/Snakefile" \
-                "$REPO/tests/slurm/plumbing/config.yaml" "$WORK/plumbing" dataset,all ;;
+            run_phase plumbing plumbing "$REPO/tests/workflow/slurm/plumbing/Snakefile" \
+                "$REPO/tests/workflow/slurm/plumbing/config.yaml" "$WORK/plumbing" dataset,all ;;
         real)
             if [[ -f "$REPO/Snakefile" && -f "$REPO/$TINY" ]]; then
                 # Rules the workflow declares local (login node); all others must go through sbatch.

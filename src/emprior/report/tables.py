@@ -15,6 +15,7 @@ import pandas as pd
 
 from emprior.core.artifacts import save_figure, save_text
 from emprior.evaluation.iteration import read_metrics
+from emprior.report.markdown import pipe_table
 
 COVARIANCE_LABEL = {"tweedie": "tweedie", "inv": "(I+Sigma_t^-1)^-1", "sigma_t": "Sigma_t",
                     "prior": "(Sigma_x^-1+Sigma_t^-1)^-1"}
@@ -81,9 +82,8 @@ def write_table(df: pd.DataFrame, out_csv: str, out_md: str, out_tex: str, prove
                 caption: str) -> None:
     save_text(out_csv, df.to_csv(index=False), provenance)
     shown = df.map(_fmt)
-    header = "| " + " | ".join(shown.columns) + " |\n|" + "---|" * len(shown.columns) + "\n"
-    body = "".join("| " + " | ".join(row) + " |\n" for row in shown.astype(str).values.tolist())
-    save_text(out_md, f"{caption}\n\n{header}{body}", provenance)
+    table = "".join(line + "\n" for line in pipe_table(list(shown.columns), shown.astype(str).values.tolist()))
+    save_text(out_md, f"{caption}\n\n{table}", provenance)
     tex = shown.to_latex(index=False, caption=caption, escape=True)
     save_text(out_tex, tex, provenance)
 

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from emprior.core.artifacts import write_artifact
+from emprior.report.markdown import frame_rows, pipe_table
 from emprior.diffusion.samplers import DIFFUSION_SAMPLERS, sample
 from emprior.diffusion.schedule import Schedule
 from emprior.core.errors import ConfigError, DataError, NumericalError
@@ -446,14 +447,6 @@ COLUMNS = ["method", "steps", "task", "lpips", "psnr", "ssim", "mean_rmse", "std
            "paper_psnr", "paper_ssim", "vjps_per_step", "fallbacks", "status", "lpips_status"]
 
 
-def _cell(v: Any, digits: int) -> str:
-    if v is None or v is pd.NA or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
 def markdown_table(df: pd.DataFrame, cfg: dict[str, Any]) -> str:
     """One markdown table per task (ours next to the paper's), with a caption stating the setup."""
     status = str(df["lpips_status"].iloc[0]) if len(df) else "ok"
@@ -481,9 +474,7 @@ def markdown_table(df: pd.DataFrame, cfg: dict[str, Any]) -> str:
         spec = cfg.get("tasks", {}).get(task, {})
         title = (f"## {task} ({spec.get('operator')} {spec.get('options', {})}, "
                  f"sigma_y = {spec.get('noise_std')})")
-        lines += ["", title, "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-        for _, r in sub.iterrows():
-            lines.append("| " + " | ".join(_cell(r[k], d) for k, d in keys) + " |")
+        lines += ["", title, "", *pipe_table(heads, frame_rows(sub, keys))]
     return "\n".join(lines) + "\n"
 
 

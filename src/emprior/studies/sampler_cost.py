@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from emprior.core.artifacts import write_artifact
+from emprior.report.markdown import frame_rows, pipe_table
 from emprior.diffusion.samplers import sample
 from emprior.diffusion.schedule import Schedule
 from emprior.core.errors import ConfigError, EmpriorError
@@ -354,14 +355,6 @@ def run_benchmark(cfg: dict[str, Any], seed: int) -> tuple[pd.DataFrame, dict[st
     return pd.DataFrame(rows, columns=COLUMNS), runtime
 
 
-def _cell(v: Any, digits: int) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
 def markdown_table(df: pd.DataFrame, cfg: dict[str, Any], runtime: dict[str, Any] | None = None) -> str:
     cfg = check_config(cfg)
     mem = sorted(set(df["memory_method"]))
@@ -388,9 +381,7 @@ def markdown_table(df: pd.DataFrame, cfg: dict[str, Any], runtime: dict[str, Any
     keys = [("method", 0), ("vjps_per_step", 1), ("time_ms", 2), ("cpu_ms", 2), ("time_ratio", 2),
             ("peak_mb", 1), ("memory_ratio", 2), ("paper_vjps", 0), ("paper_time", 1),
             ("paper_time_ratio", 2), ("paper_memory", 2), ("paper_memory_ratio", 2)]
-    lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(_cell(r[k], d) for k, d in keys) + " |")
+    lines += pipe_table(heads, frame_rows(df, keys))
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,7 @@ def digits_setup(tmp_path_factory, ):
     from emprior.config.loading import load_config
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[3]
     cfg = load_config(repo / "config" / "tiny.yaml")
     d = tmp_path_factory.mktemp("digits")
     data_rules.dataset(Job(cfg, "digits"), str(d / "clean.h5"))

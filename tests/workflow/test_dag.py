@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SNAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile",
          str(REPO / "config" / "tiny.yaml")]
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_results.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_results.py"
 ITER = "digits/diem_inv/iter_001"
 
 
