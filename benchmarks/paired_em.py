@@ -32,7 +32,7 @@ from emprior.diffusion.core import Schedule
 from emprior.methods.diem import make_method, run_estep
 from emprior.evaluation.iteration import sample_quality
 from emprior.priors.checkpoint import Prior, load_prior
-from emprior.nets.networks import build_denoiser
+from emprior.nets import build_denoiser
 from emprior.data.observations import load_observations
 from emprior.core.rng import derive_seed, torch_generator
 from emprior.training.mstep import em_mstep

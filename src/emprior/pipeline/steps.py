@@ -24,7 +24,7 @@ def _prov(config: dict[str, Any], rule: str, seed: int | None = None, **extra: A
 
 
 def dataset(config: dict[str, Any], experiment: str, out: str) -> None:
-    from emprior.data.datasets import load_dataset
+    from emprior.data import load_dataset
     from emprior.data.observations import save_clean
 
     exp = cfgmod.experiment(config, experiment)
@@ -140,7 +140,7 @@ def mstep(config: dict[str, Any], experiment: str, variant: str, iteration: int,
 
     from emprior.diffusion.core import Schedule
     from emprior.priors.checkpoint import load_prior
-    from emprior.nets.networks import build_denoiser
+    from emprior.nets import build_denoiser
     from emprior.training.mstep import em_mstep
 
     exp = cfgmod.experiment(config, experiment)

@@ -52,7 +52,7 @@ def gaussian_checkpoint(result, x_shape) -> dict[str, Any]:
 
 def load_prior(path: str | Path, rule: str | None = None) -> Prior:
     from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian
-    from emprior.nets.networks import build_denoiser
+    from emprior.nets import build_denoiser
 
     ckpt = load_torch(path, rule=rule)
     kind = ckpt.get("kind")
