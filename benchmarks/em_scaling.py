@@ -112,7 +112,7 @@ def bench_estep(cfg: dict, experiment: str, workdir: Path, repeats: int = 3) -> 
 
 def bench_mstep(cfg: dict, experiment: str, steps: int = 300, repeats: int = 11) -> dict:
     from emprior.diffusion import Schedule, dsm_loss
-    from emprior.nets.networks import build_denoiser
+    from emprior.nets import build_denoiser
     from emprior.training.mstep import train_denoiser
 
     torch.set_num_threads(1)

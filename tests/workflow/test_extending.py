@@ -91,7 +91,7 @@ def test_plugins_are_registered_with_their_options():
 
 
 def test_data_consistency_matches_the_measurements_on_a_mask():
-    from emprior.operators.linear import make_operator
+    from emprior.operators import make_operator
 
     op = make_operator("pixel_mask", 3, (1, 4, 4), 0.01, np.random.default_rng(0), deleted=0.5)
     y = torch.randn(3, 1, 4, 4) * op.measured(torch.zeros(3, 1, 4, 4))

@@ -34,7 +34,7 @@ from emprior.core.rng import numpy_rng, torch_generator
 class Observations:
     y: torch.Tensor
     index: np.ndarray
-    op: Any  # emprior.operators.linear.LinearOperator
+    op: Any  # emprior.operators.base.LinearOperator
     noise_std: float
     seed: int
 
@@ -48,7 +48,7 @@ class Observations:
 
 def corrupt(x: np.ndarray, obs_cfg: dict[str, Any], seed: int, experiment: str) -> Observations:
     """Draw one observation per latent: operator parameters, then y = A x + noise (Sec. 4)."""
-    from emprior.operators.linear import make_operator
+    from emprior.operators import make_operator
 
     x_t = torch.as_tensor(x, dtype=torch.float32)
     rng = numpy_rng(seed, experiment, "operator")
@@ -59,7 +59,7 @@ def corrupt(x: np.ndarray, obs_cfg: dict[str, Any], seed: int, experiment: str) 
 
 
 def save_observations(path: str | Path, obs: Observations, provenance: dict[str, Any]) -> None:
-    from emprior.operators.linear import save_operator_arrays
+    from emprior.operators import save_operator_arrays
 
     arrays, attrs = save_operator_arrays(obs.op)
     datasets = {"y": obs.y.float().numpy(), "index": obs.index.astype(np.int64)}
@@ -69,7 +69,7 @@ def save_observations(path: str | Path, obs: Observations, provenance: dict[str,
 
 
 def load_observations(path: str | Path) -> Observations:
-    from emprior.operators.linear import operator_from_arrays
+    from emprior.operators import operator_from_arrays
 
     data, attrs = load_h5(path, rule="observe")
     for key in ("y", "index"):

@@ -39,7 +39,7 @@ def exact_posteriors(gaussian, op, y: torch.Tensor, noise_std: float) -> tuple[t
     """Exact N(mu_i, Sigma_i) of x | y_i under the prior ``gaussian`` (a LowRankGaussian), float64:
     means (n, d) and covariances (n, d, d) for the n observations in ``y``."""
     from emprior.priors.gaussian import gaussian_posterior
-    from emprior.operators.linear import measured_system
+    from emprior.operators import measured_system
 
     mu = gaussian.mean.reshape(-1).double()
     cov = gaussian.dense_cov().double()

@@ -37,7 +37,7 @@ def gaussian_init(job: Job, obs: Observations) -> tuple[dict[str, Any], dict[str
 def build_net(job: Job, x_shape: tuple[int, ...], net_cfg: dict[str, Any] | None = None) -> torch.nn.Module:
     """The experiment's denoiser, initialised from the variant's ``net_init`` stream (the same for
     every iteration: an M-step that starts fresh starts from the same weights), on the job's device."""
-    from emprior.nets.networks import build_denoiser
+    from emprior.nets import build_denoiser
 
     torch.manual_seed(derive_seed(job.seed, job.experiment, job.variant, "net_init"))
     return build_denoiser(dict(net_cfg or job.exp["denoiser"]), x_shape).to(job.device)

@@ -1,1 +1,28 @@
-"""Noise-conditional networks h(x, sigma) of Eq. (26), one registry of architectures."""
+"""Noise-conditional networks h(x, sigma) of Eq. (26) (Appendix C, Tables 2 and 3), one registry of
+architectures.
+
+- :class:`~emprior.nets.mlp.MLP` (low-dimensional manifold, Table 2): concat(x, emb(sigma)) ->
+  3 x [Linear, SiLU, LayerNorm] -> Linear.
+- :class:`~emprior.nets.unet.UNet` (CIFAR-10 / MRI, Table 3): residual blocks modulated by the noise
+  embedding in the style of diffusion transformers (adaLN-Zero), multi-head self-attention after each
+  residual block at levels with heads > 0, down/up sampling between levels and skip connections.
+- :class:`~emprior.nets.wrappers.PixelShuffleWrapper` (MRI): (B, 1, 320, 320) <-> (B, 16, 80, 80)
+  around a network.
+- :func:`~emprior.nets.build.build_denoiser`: a config dict -> a
+  :class:`~emprior.diffusion.preconditioning.PreconditionedDenoiser`; :data:`NETS` the registry.
+"""
+
+import importlib
+import pkgutil
+
+from emprior.nets.build import NETS, NetConfigError, build_denoiser
+from emprior.nets.embedding import noise_embedding
+from emprior.nets.mlp import MLP
+from emprior.nets.unet import UNet
+from emprior.nets.wrappers import PixelShuffleWrapper
+
+# Import every module so that a new network file registers itself without any other edit.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["MLP", "NETS", "NetConfigError", "PixelShuffleWrapper", "UNet", "build_denoiser", "noise_embedding"]

@@ -12,7 +12,7 @@ log = get_logger("emprior.pipeline.data")
 @command("dataset", ids=("experiment",))
 def dataset(job: Job, out: str) -> None:
     """rule dataset: prepare the clean latents -> clean.h5"""
-    from emprior.data.datasets import load_dataset
+    from emprior.data import load_dataset
     from emprior.data.observations import save_clean
 
     seed = job.derive_seed("dataset")

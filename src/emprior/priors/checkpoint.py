@@ -60,7 +60,7 @@ def load_prior(path: str | Path, rule: str | None = None, device: torch.device |
 def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
                           device: torch.device | str | None = None) -> Prior:
     """A checkpoint dict (as model.pt holds it) as a :class:`Prior` on ``device``."""
-    from emprior.nets.networks import build_denoiser
+    from emprior.nets import build_denoiser
     from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian
 
     kind = ckpt.get("kind")

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from emprior.core.errors import ConfigError
+from emprior.priors.gaussian import gaussian_loglik
 
 
 @dataclass
@@ -54,9 +55,7 @@ def _estep_block(A: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, cov: torc
     K_T = torch.cholesky_solve(A @ cov, L)                                 # S^-1 A Sigma = K^T
     m_post = mean + (cov @ A.transpose(1, 2) @ alpha.unsqueeze(-1)).squeeze(-1)
     C_sum = (cov.unsqueeze(0) - (A @ cov).transpose(1, 2) @ K_T).sum(0)
-    logdet = 2 * torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(-1)
-    loglik = -0.5 * ((r * alpha).sum(-1) + logdet + m * math.log(2 * math.pi))
-    return m_post, C_sum, loglik
+    return m_post, C_sum, gaussian_loglik(L, r, solved=alpha)  # log N(y_i | A_i mu, S_i), alpha reused
 
 
 def ppca_project(cov: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:

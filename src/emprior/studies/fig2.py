@@ -9,7 +9,7 @@ manifold parameters and the heuristics' gap depends on them (measured ratios: RE
 
 - prior p(x) = (1/K) sum_k N(x | mu_k, s^2 I), mu_k = f((k + 1/2) / K) evenly spaced on the manifold
   (K = ``n_components``, s = ``component_std``), so p(x_t), E[x | x_t], V[x | x_t] are exact
-  (:class:`emprior.priors.gaussian.GaussianMixtureDenoiser`);
+  (:class:`emprior.priors.mixture.GaussianMixtureDenoiser`);
 - A in R^{1x3} with a row uniform on the sphere, x* ~ p(x), y = A x* + noise_std e.
 
 For each sigma_t on a log grid:
@@ -47,7 +47,8 @@ import pandas as pd
 import torch
 
 from emprior.core.errors import ConfigError
-from emprior.priors.gaussian import GaussianMixture, GaussianMixtureDenoiser
+from emprior.priors.gaussian import gaussian_loglik
+from emprior.priors.mixture import GaussianMixture, GaussianMixtureDenoiser
 from emprior.core.log import get_logger
 from emprior.data.randman import RandomManifold
 from emprior.evaluation.metrics.sinkhorn import regularized_ot, sinkhorn_divergence
@@ -138,14 +139,6 @@ def make_problem(cfg: dict[str, Any], seed: int, index: int
     return prior, A, y
 
 
-def _gaussian_loglik(y: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """log N(y | mean_b, cov_b) for mean (B, m), cov (B, m, m)."""
-    L = torch.linalg.cholesky(cov)
-    z = torch.linalg.solve_triangular(L, (y - mean)[..., None], upper=False)[..., 0]
-    logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
-    return -0.5 * (z.square().sum(-1) + logdet + y.shape[-1] * math.log(2 * math.pi))
-
-
 def covariance_guess(name: str, x_t: torch.Tensor, sigma: float, denoiser: GaussianMixtureDenoiser,
                      prior_cov: torch.Tensor) -> torch.Tensor:
     """The guess V (B, d, d) for V[x | x_t] named ``name`` (module docstring)."""
@@ -196,7 +189,8 @@ def divergences_at(prior: GaussianMixture, A: torch.Tensor, y: torch.Tensor, noi
     out = {}
     for name in covariances:
         V = covariance_guess(name, x_t, sigma, denoiser, prior_cov)
-        log_q_y = _gaussian_loglik(y, mean_y, noise_cov + A @ V @ A.T)  # Eq. (18)
+        # log N(y | mean_y, Sigma_y + A V A^T), Eq. (18)
+        log_q_y = gaussian_loglik(torch.linalg.cholesky(noise_cov + A @ V @ A.T), y - mean_y)
         w_q = _prune(torch.softmax(log_prior_t + log_q_y - log_r, 0))
         out[name] = sinkhorn_divergence(x_t, x_t, reg, a=w_p, b=w_q, ot_xx=ot_pp)
     return out

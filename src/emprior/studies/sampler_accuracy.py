@@ -8,9 +8,9 @@ LPIPS, PSNR and SSIM of one sample per observation against the ground truth ([0,
 Here the prior is *analytic*: a Gaussian mixture p(x) = sum_k w_k N(mu_k, C_k) fitted by EM
 (scikit-learn, full covariances + reg_covar I) to scikit-learn's 8x8 digits scaled to [-1, 1] like
 FFHQ, held-out images being the ground truth. Its exact denoiser E[x | x_t] (and Jacobian, Eq. (21))
-is :class:`~emprior.priors.gaussian.GaussianMixtureDenoiser`, so the samplers are compared with a perfect
+is :class:`~emprior.priors.mixture.GaussianMixtureDenoiser`, so the samplers are compared with a perfect
 prior network, and since y = A x + e is linear Gaussian the true posterior is again a mixture
-(:meth:`~emprior.priors.gaussian.GaussianMixture.posterior`)::
+(:meth:`~emprior.priors.mixture.GaussianMixture.posterior`)::
 
     p(x | y) = sum_k w_k' N(m_k', C_k'),   w_k' ∝ w_k N(y | A mu_k, A C_k A^T + Sigma_y).
 
@@ -50,9 +50,9 @@ from emprior.report.markdown import frame_rows, pipe_table
 from emprior.diffusion.samplers import DIFFUSION_SAMPLERS, sample
 from emprior.diffusion.schedule import Schedule
 from emprior.core.errors import ConfigError, DataError, NumericalError
-from emprior.priors.gaussian import GaussianMixture, GaussianMixtureDenoiser
+from emprior.priors.mixture import GaussianMixture, GaussianMixtureDenoiser
 from emprior.core.log import get_logger
-from emprior.operators.linear import LinearOperator, make_operator, measured_system
+from emprior.operators import LinearOperator, make_operator, measured_system
 from emprior.posterior import PosteriorDenoiser, make_posterior
 from emprior.core.rng import derive_seed, torch_generator
 
@@ -177,7 +177,7 @@ def fit_digits_gmm(components: int, reg_covar: float, n_holdout: int, seed: int,
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-    from emprior.data.datasets import load_digits
+    from emprior.data.digits import load_digits
 
     images = load_digits().astype(np.float64) / 2.0  # [-2, 2] -> [-1, 1], the FFHQ/ADM range
     n = len(images)

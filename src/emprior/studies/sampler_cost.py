@@ -22,7 +22,7 @@ For each method (DiffPIR, DPS, GDM, TMPD, MMPS (1/3/5) by default, options as in
 
 and report time and memory as ratios to DPS next to the paper's (DiffPIR 30.2, DPS 40.5, GDM 47.6,
 TMPD 62.2, MMPS (1) 58.0, MMPS (3) 90.1, MMPS (5) 122.1 -> 0.75, 1, 1.18, 1.54, 1.43, 2.22, 3.01).
-The network is built by :func:`emprior.nets.networks.build_denoiser` with its parameters frozen
+The network is built by :func:`emprior.nets.build_denoiser` with its parameters frozen
 (``requires_grad_(False)``: VJPs are taken with respect to x_t only, as when sampling); its weights
 are a seeded random initialisation with the zero-initialised layers re-drawn (a fresh net has a
 scalar Jacobian, on which GMRES stops after one iteration), which changes no per-iteration cost.
@@ -54,7 +54,7 @@ from emprior.diffusion.samplers import sample
 from emprior.diffusion.schedule import Schedule
 from emprior.core.errors import ConfigError, EmpriorError
 from emprior.core.log import get_logger
-from emprior.operators.linear import make_operator
+from emprior.operators import make_operator
 from emprior.posterior import make_posterior
 from emprior.core.rng import derive_seed, torch_generator
 from emprior.studies.sampler_accuracy import DEFAULT_METHODS, check_methods
@@ -139,7 +139,7 @@ class Setup:
     """Frozen net, operator, observation y, x_T and schedule shared by every method."""
 
     def __init__(self, cfg: dict[str, Any], seed: int, batch_size: int | None = None):
-        from emprior.nets.networks import build_denoiser
+        from emprior.nets import build_denoiser
 
         self.device = torch.device(cfg["device"])
         x_shape = tuple(cfg["x_shape"])

@@ -22,7 +22,7 @@ from emprior.diffusion import (
     sample_prior,
 )
 from emprior.core.errors import NumericalError
-from emprior.nets.networks import MLP
+from emprior.nets import MLP
 
 # A diagonal Gaussian N(mu, diag(v)) in d = 8 with a non-trivial mean and anisotropic variances.
 D = 8

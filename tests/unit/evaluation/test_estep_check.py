@@ -11,7 +11,7 @@ from emprior.evaluation.estep_check import DENSE_MAX, check_estep, exact_posteri
 from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian
 from emprior.priors.checkpoint import Prior
 from emprior.data.observations import Observations
-from emprior.operators.linear import make_operator, measured_system
+from emprior.operators import make_operator, measured_system
 
 
 def _diem(**posterior) -> dict:

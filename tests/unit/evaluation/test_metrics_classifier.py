@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from emprior.data.datasets import load_digits
+from emprior.data.digits import load_digits
 from emprior.evaluation.metrics.classifier import digits_scores, frechet_distance, inception_score
 
 

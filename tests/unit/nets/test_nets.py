@@ -1,4 +1,4 @@
-"""Tests of emprior.nets.networks: noise embedding, MLP, U-Net, pixel-shuffle wrapper and build_denoiser."""
+"""Tests of emprior.nets: noise embedding, MLP, U-Net, pixel-shuffle wrapper and build_denoiser."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 from emprior.diffusion import PreconditionedDenoiser
 from emprior.core.errors import ConfigError
-from emprior.nets.networks import MLP, PixelShuffleWrapper, UNet, build_denoiser, noise_embedding
+from emprior.nets import MLP, PixelShuffleWrapper, UNet, build_denoiser, noise_embedding
 
 
 def gen(seed: int) -> torch.Generator:
@@ -211,7 +211,7 @@ def test_build_denoiser_rejects_bad_config(cfg, shape, key):
 def test_channel_norm_standardises_each_pixel_over_channels():
     """_channel_norm (F.layer_norm on a channels-last view) equals (x - mean_c) / sqrt(var_c + eps)
     per pixel, computed here in float64 the long way."""
-    from emprior.nets.networks import _channel_norm
+    from emprior.nets.unet import _channel_norm
 
     x = torch.randn(3, 5, 4, 6, generator=torch.Generator().manual_seed(0)) * 3 + 1
     y = _channel_norm(x)

@@ -16,7 +16,7 @@ from emprior.pipeline import em as em_rules
 from emprior.core.artifacts import load_h5, load_torch, save_h5, save_torch, sha256_file
 from emprior.diffusion import Schedule
 from emprior.core.errors import ArtifactError, NumericalError
-from emprior.nets.networks import build_denoiser
+from emprior.nets import build_denoiser
 from emprior.training.mstep import train_denoiser
 
 

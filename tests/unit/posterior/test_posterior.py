@@ -21,14 +21,9 @@ import pytest
 import torch
 
 from emprior.diffusion import Schedule, sample
-from emprior.priors.gaussian import (
-    GaussianDenoiser,
-    GaussianMixture,
-    GaussianMixtureDenoiser,
-    LowRankGaussian,
-    gaussian_posterior,
-)
-from emprior.operators.linear import make_operator
+from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian, gaussian_posterior
+from emprior.priors.mixture import GaussianMixture, GaussianMixtureDenoiser
+from emprior.operators import make_operator
 from emprior.posterior import make_posterior
 
 D64 = torch.float64
@@ -123,7 +118,7 @@ def test_mmps_is_exact_for_a_gaussian_prior(problem, options):
 
 
 def test_mmps_per_observation_projection_operator():
-    """emprior.operators.linear 'projection' (one dense A_i per sample): exact per sample to 1e-8."""
+    """emprior.operators 'projection' (one dense A_i per sample): exact per sample to 1e-8."""
     g = _gen(2)
     d, B, noise = 5, 4, 0.05
     C = _anisotropic_cov(d, g)
@@ -461,7 +456,7 @@ def test_vjp_is_grad_outputs_bit_for_bit_and_skips_the_sympy_import():
     assert torch.equal(vjp(u), ref)
 
     code = ("import sys, numpy as np, torch\n"
-            "from emprior.operators.linear import make_operator\n"
+            "from emprior.operators import make_operator\n"
             "from emprior.posterior import make_posterior\n"
             "op = make_operator('pixel_mask', 2, (1, 4, 4), 0.1, np.random.default_rng(0), deleted=0.5)\n"
             "y = op.observe(torch.randn(2, 1, 4, 4), generator=torch.Generator().manual_seed(0))\n"

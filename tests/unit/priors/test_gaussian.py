@@ -1,4 +1,4 @@
-"""Exact Gaussian / Gaussian-mixture priors and denoisers (emprior.priors.gaussian).
+"""Exact Gaussian / Gaussian-mixture priors and denoisers (emprior.priors.gaussian, emprior.priors.mixture).
 
 Identities are checked in float64 to 1e-8 unless stated; Monte Carlo checks state their sample size
 and use 4-standard-error bounds.
@@ -13,13 +13,8 @@ import torch
 from torch.autograd.functional import jacobian
 
 from emprior.core.errors import ArtifactError
-from emprior.priors.gaussian import (
-    GaussianDenoiser,
-    GaussianMixture,
-    GaussianMixtureDenoiser,
-    LowRankGaussian,
-    gaussian_posterior,
-)
+from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian, gaussian_posterior
+from emprior.priors.mixture import GaussianMixture, GaussianMixtureDenoiser
 
 D64 = torch.float64
 

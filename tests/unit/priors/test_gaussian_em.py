@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from emprior.priors.gaussian_em import dense_operator_matrices, fit_gaussian_em, ppca_project
-from emprior.operators.linear import make_operator
+from emprior.operators import make_operator
 
 
 def _problem(n=3000, d=5, m=2, seed=0):

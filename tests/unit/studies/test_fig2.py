@@ -8,7 +8,7 @@ import torch
 from emprior.core.errors import ConfigError
 from emprior.studies.fig2 import (COLUMNS, covariance_guess, divergences_at, main, make_problem, plot_fig2,
                           sigma_grid, validate_config)
-from emprior.priors.gaussian import GaussianMixture, GaussianMixtureDenoiser
+from emprior.priors.mixture import GaussianMixture, GaussianMixtureDenoiser
 
 # Small version of the CPU preset (4 manifolds instead of 8, for speed): the official DiEM randman
 # manifolds (K=10, alpha=3, coordinates min-max scaled onto [-2, 2]); overlapping components (std 0.02,

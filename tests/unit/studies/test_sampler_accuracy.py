@@ -12,8 +12,9 @@ import torch
 
 from emprior.studies import sampler_accuracy as sb
 from emprior.core.errors import ConfigError, DataError
-from emprior.priors.gaussian import GaussianMixture, gaussian_posterior
-from emprior.operators.linear import bicubic_downsample_matrix, make_operator, measured_system
+from emprior.priors.gaussian import gaussian_posterior
+from emprior.priors.mixture import GaussianMixture
+from emprior.operators import bicubic_downsample_matrix, make_operator, measured_system
 
 D64 = torch.float64
 D = 64
@@ -241,7 +242,7 @@ def test_methods_share_x_T_and_noise():
     """Same seed for all methods: a method whose guidance vanishes (DPS with zeta = 0) reproduces the
     unconditional DDPM sample bit for bit, whatever other methods ran before it."""
     from emprior.diffusion import Schedule, sample
-    from emprior.priors.gaussian import GaussianMixtureDenoiser
+    from emprior.priors.mixture import GaussianMixtureDenoiser
     from emprior.core.rng import torch_generator
 
     mix = _random_gaussian_mixture(2, 8)

@@ -11,7 +11,7 @@ therefore also reports, clearly named as stand-ins:
   1 (no class information) and 10 (confident and balanced over the ten digits).
 
 The classifier is trained once per process with a fixed seed (deterministic given the BLAS), on all
-1797 digits scaled to [-2, 2] as :func:`emprior.data.datasets.load_digits`; its training accuracy is reported
+1797 digits scaled to [-2, 2] as :func:`emprior.data.digits.load_digits`; its training accuracy is reported
 with the scores so a reader can judge the feature space.
 """
 

@@ -1,0 +1,165 @@
+"""``blur``: A x = k_i * x, a Gaussian or random camera-shake kernel (FFHQ motion deblur, Table 4)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from emprior.core.registry import option
+from emprior.operators.base import (LinearOperator, OperatorError, draw_option, fmt_shape, image_shape, positive_int,
+                                    register)
+
+
+def gaussian_kernel(size: int, std: float) -> np.ndarray:
+    """Isotropic Gaussian k_ab proportional to exp(-((a - c)^2 + (b - c)^2) / (2 std^2)), c = (size - 1) / 2,
+    normalised to sum 1; shape (size, size), float64."""
+    size = int(size)
+    if size < 1 or not (float(std) > 0):
+        raise OperatorError(f"gaussian_kernel: need size >= 1 and std > 0, got size={size}, std={std}")
+    t = np.arange(size) - (size - 1) / 2
+    g = np.exp(-0.5 * (t / float(std)) ** 2)
+    k = np.outer(g, g)
+    return k / k.sum()
+
+
+def motion_kernel(size: int, intensity: float, rng: np.random.Generator) -> np.ndarray:
+    """A random camera-shake kernel of shape (size, size), nonnegative, summing to 1.
+
+    A trajectory of ``4 * size`` steps starts in a uniform direction; its heading performs a
+    Gaussian random walk whose total standard deviation is ``2 pi * intensity`` (intensity 0: a
+    straight segment; larger intensity: more curved and tangled paths), and whose length grows with
+    intensity, L = 0.75 (size - 1)(0.5 + 0.5 u)(1 + intensity), u ~ U(0, 1). The path is centred
+    on its mean (so the blur does not shift the image), shrunk if needed to fit in the window,
+    sampled every <= 1/4 pixel and splatted bilinearly onto the grid.
+    """
+    size = int(size)
+    intensity = float(intensity)
+    if size < 3 or not 0.0 <= intensity <= 1.0:
+        raise OperatorError(f"motion_kernel: need size >= 3 and intensity in [0, 1], "
+                            f"got size={size}, intensity={intensity}")
+    steps = 4 * size
+    length = 0.75 * (size - 1) * (0.5 + 0.5 * rng.random()) * (1.0 + intensity)
+    heading = rng.uniform(0.0, 2 * np.pi) + np.cumsum(
+        rng.standard_normal(steps) * (2 * np.pi * intensity / math.sqrt(steps)))
+    # speed jitter makes the exposure uneven along the path, as real camera shake does
+    speed = np.exp(0.5 * intensity * rng.standard_normal(steps))
+    step = (length / steps) * speed / speed.mean()
+    path = np.concatenate([[[0.0, 0.0]], np.cumsum(
+        np.stack([step * np.sin(heading), step * np.cos(heading)], axis=1), axis=0)])
+    # dense resampling: points every <= 0.25 px along each segment
+    seg = np.diff(path, axis=0)
+    per = np.maximum(1, np.ceil(np.hypot(seg[:, 0], seg[:, 1]) / 0.25)).astype(np.int64)
+    which = np.repeat(np.arange(len(seg)), per)
+    frac = (np.arange(per.sum()) - np.repeat(np.cumsum(per) - per, per) + 1) / per[which]
+    pts = np.concatenate([path[:1], path[which] + seg[which] * frac[:, None]])
+    pts -= pts.mean(axis=0)
+    reach = np.abs(pts).max()
+    room = (size - 1) / 2 - 1.0
+    if reach > room > 0:
+        pts *= room / reach
+    pts += (size - 1) / 2
+    i0 = np.floor(pts).astype(np.int64)
+    f = pts - i0
+    k = np.zeros((size, size))
+    for di in (0, 1):
+        for dj in (0, 1):
+            wgt = (f[:, 0] if di else 1 - f[:, 0]) * (f[:, 1] if dj else 1 - f[:, 1])
+            np.add.at(k, (np.clip(i0[:, 0] + di, 0, size - 1), np.clip(i0[:, 1] + dj, 0, size - 1)), wgt)
+    return k / k.sum()
+
+
+@dataclass(frozen=True)
+class BlurOptions:
+    padding: Literal["zero", "circular"] = option("zero", doc="boundary: zeros outside the image, or periodic")
+    kernel: Literal["motion", "gaussian"] = draw_option("motion", doc="random camera shake or fixed Gaussian")
+    size: int = draw_option(61, minimum=1, doc="odd kernel side K")
+    intensity: float = draw_option(0.5, minimum=0, maximum=1, doc="motion kernel: curvature of the path")
+    std: float = draw_option(3.0, exclusiveMinimum=0, doc="Gaussian kernel: standard deviation in pixels")
+    shared: bool = draw_option(False, doc="motion kernel: one kernel for all observations")
+
+
+@register("blur", BlurOptions)
+class BlurOperator(LinearOperator):
+    """A x = k_i * x (true 2-D convolution of every channel, kernel centred), "same" output size.
+
+    ``padding="zero"``: y_ij = sum_ab k_ab x_{i+c-a, j+c-b} with x = 0 outside the image
+    (c = (K - 1) / 2), computed exactly by an FFT of size (H + K - 1, W + K - 1); the adjoint pads
+    y, correlates with k (conjugate spectrum) and crops. ``padding="circular"``: periodic
+    boundaries, FFT of size (H, W). Both adjoints are exact up to rounding.
+    Kernels: ``kernel="motion"`` draws one :func:`motion_kernel` per observation (``shared=True``:
+    one for all); ``kernel="gaussian"`` is one deterministic :func:`gaussian_kernel` (len 1).
+    """
+
+    param_names = ("kernel",)
+
+    def _check_params(self) -> None:
+        _, h, w = image_shape(self.kind, self.x_shape)
+        k = self._params["kernel"]
+        if k.ndim != 3 or k.shape[1] != k.shape[2] or k.shape[1] % 2 == 0:
+            raise OperatorError(f"{self.kind}: parameter 'kernel' must have shape (n, K, K) with K odd, "
+                                f"got {fmt_shape(k.shape)}")
+        if k.dtype.kind != "f" or not np.isfinite(k).all():
+            raise OperatorError(f"{self.kind}: parameter 'kernel' must be finite floats")
+        if self.options["padding"] not in ("zero", "circular"):
+            raise OperatorError(f"{self.kind}: option padding must be 'zero' or 'circular', "
+                                f"got {self.options['padding']!r}")
+        if self.options["padding"] == "circular" and k.shape[1] > min(h, w):
+            raise OperatorError(f"{self.kind}: circular padding needs K <= min(H, W), got K={k.shape[1]} "
+                                f"for {h}x{w}")
+
+    def _grid(self) -> tuple[int, int]:
+        _, h, w = self.x_shape
+        K = self._params["kernel"].shape[1]
+        return (h + K - 1, w + K - 1) if self.options["padding"] == "zero" else (h, w)
+
+    def _tensors(self, dtype, device):
+        k = torch.as_tensor(self._params["kernel"], device=device).to(dtype)     # (n, K, K)
+        K = k.shape[-1]
+        L = self._grid()
+        kp = torch.zeros(k.shape[0], *L, dtype=dtype, device=device)
+        kp[:, :K, :K] = k
+        if self.options["padding"] == "circular":
+            # move the kernel centre to (0, 0) so that circular convolution is "same"
+            kp = torch.roll(kp, shifts=(-(K // 2), -(K // 2)), dims=(1, 2))
+        return {"kernel_fft": torch.fft.rfft2(kp).unsqueeze(1)}                  # (n, 1, L1, L2//2+1)
+
+    def _apply(self, x, p):
+        _, h, w = self.x_shape
+        L = self._grid()
+        if self.options["padding"] == "circular":
+            return torch.fft.irfft2(torch.fft.rfft2(x) * p["kernel_fft"], s=L)
+        c = self._params["kernel"].shape[1] // 2
+        xp = F.pad(x, (0, L[1] - w, 0, L[0] - h))
+        full = torch.fft.irfft2(torch.fft.rfft2(xp) * p["kernel_fft"], s=L)
+        return full[..., c:c + h, c:c + w]
+
+    def _adjoint(self, y, p):
+        _, h, w = self.x_shape
+        L = self._grid()
+        if self.options["padding"] == "circular":
+            return torch.fft.irfft2(torch.fft.rfft2(y) * p["kernel_fft"].conj(), s=L)
+        c = self._params["kernel"].shape[1] // 2
+        yp = F.pad(y, (c, L[1] - w - c, c, L[0] - h - c))
+        full = torch.fft.irfft2(torch.fft.rfft2(yp) * p["kernel_fft"].conj(), s=L)
+        return full[..., :h, :w]
+
+    @classmethod
+    def draw(cls, n, x_shape, noise_std, rng, opts: BlurOptions):
+        kernel, intensity, std, shared = opts.kernel, opts.intensity, opts.std, opts.shared
+        size = positive_int(cls.kind, "size", opts.size)
+        if size % 2 == 0:
+            raise OperatorError(f"{cls.kind}: option size must be odd, got {size}")
+        if kernel == "gaussian":
+            kernels = gaussian_kernel(size, std)[None]
+            drawn = {"kernel": "gaussian", "size": size, "std": float(std)}
+        elif kernel == "motion":
+            kernels = np.stack([motion_kernel(size, intensity, rng) for _ in range(1 if shared else n)])
+            drawn = {"kernel": "motion", "size": size, "intensity": float(intensity), "shared": bool(shared)}
+        else:
+            raise OperatorError(f"{cls.kind}: option kernel must be 'motion' or 'gaussian', got {kernel!r}")
+        return cls(x_shape, noise_std, {"kernel": kernels}, {**drawn, "padding": opts.padding})
