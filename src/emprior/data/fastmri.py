@@ -27,7 +27,7 @@ class FastMRIOptions:
     n: int | None = option(None, minimum=1, doc="keep the first n items (default: all)")
     slices: list[int] = option(list(DEFAULT_SLICES), items={"minimum": 0}, minItems=2, maxItems=2,
                                doc="[start, stop) slice range of every scan")
-    size: int = option(320, minimum=8, doc="side of the square slices after resizing")
+    size: int = option(320, minimum=1, doc="side of the square slices after resizing")
 
 
 def _resize_square(x: np.ndarray, size: int) -> np.ndarray:

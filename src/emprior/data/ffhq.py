@@ -22,7 +22,7 @@ FFHQ_HELP = ("download the FFHQ images (https://github.com/NVlabs/ffhq-dataset; 
 class FFHQOptions:
     root: str = option(doc="folder of PNG images (sub-folders included)")
     n: int = option(100, minimum=1, doc="number of images read (sorted by relative path)")
-    size: int = option(256, minimum=8, doc="side of the square images after resizing")
+    size: int = option(256, minimum=1, doc="side of the square images after resizing")
 
 
 def load_ffhq(folder: str | Path, n: int = FFHQOptions.n, size: int = FFHQOptions.size) -> np.ndarray:

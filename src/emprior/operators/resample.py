@@ -82,8 +82,8 @@ class DownsampleOperator(LinearOperator):
 
 @dataclass(frozen=True)
 class CropOptions:
-    h: int | None = option(None, minimum=1, doc="crop height (required)")
-    w: int | None = option(None, minimum=1, doc="crop width (required)")
+    h: int | None = option(None, minimum=1, doc="crop height (default: half the image's)")
+    w: int | None = option(None, minimum=1, doc="crop width (default: half the image's)")
 
 
 @register("crop", CropOptions)
@@ -93,8 +93,9 @@ class CropOperator(LinearOperator):
 
     def _check_params(self) -> None:
         _, H, W = image_shape(self.kind, self.x_shape)
-        if self.options["h"] is None or self.options["w"] is None:
-            raise OperatorError(f"{self.kind}: options h and w (crop size) are required")
+        for key, size in (("h", H), ("w", W)):
+            if self.options[key] is None:
+                self.options[key] = max(1, size // 2)
         h = self.options["h"] = positive_int(self.kind, "h", self.options["h"])
         w = self.options["w"] = positive_int(self.kind, "w", self.options["w"])
         if h > H or w > W:

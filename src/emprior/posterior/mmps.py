@@ -71,6 +71,9 @@ class MMPS(PosteriorDenoiser):
     """
 
     runtime_args = ("prior",)
+    # With the exact denoiser of a Gaussian prior, Tweedie's covariance (Eq. 21) is V[x | x_t] exactly;
+    # CG to convergence then gives E[x | x_t, y] exactly (tests/contract).
+    exact_on_gaussian = {"covariance": "tweedie", "solver": "cg", "maxiter": 64}
 
     def __init__(
         self,

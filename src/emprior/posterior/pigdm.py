@@ -31,6 +31,8 @@ class PiGDM(MMPS):
     (``maxiter`` default 1000, ``rtol`` default 1e-2 sqrt(eps) of the dtype). One VJP per call.
     """
 
+    exact_on_gaussian = None  # V = r_t^2 I is exact for N(0, I) only
+
     runtime_args = ()
 
     def __init__(self, denoiser, op, y, options: PiGDMOptions | None = None):

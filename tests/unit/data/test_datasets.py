@@ -404,7 +404,7 @@ def test_load_dataset_dispatch(tmp_path):
     ({"name": "manifold", "n": 10}, "dataset.dim: required"),
     ({"name": "cifar10"}, "dataset.root: required"),
     ({"name": "digits", "n": 5000}, "dataset.n: 5000 requested but dataset 'digits' has only 1797"),
-    ({"name": "digits", "n": 0}, "dataset.n: must be an integer >= 1"),
+    ({"name": "digits", "n": 0}, "dataset.n: 0 is less than the minimum of 1"),
 ])
 def test_load_dataset_config_errors(cfg, match):
     with pytest.raises(ConfigError, match=match):
