@@ -1,5 +1,6 @@
 # Shared helpers for the rules: config validation, per-job config files, paths and input functions.
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -72,6 +73,7 @@ def n_shards(experiment):
     return config["experiments"][experiment]["estep"]["shards"]
 
 
+@functools.lru_cache(maxsize=None)
 def method(experiment, variant):
     """The variant's EM method (emprior.methods): its stages decide which jobs exist."""
     exp = config["experiments"][experiment]

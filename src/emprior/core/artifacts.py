@@ -10,7 +10,6 @@ it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -22,17 +21,10 @@ from typing import Any, Callable, Iterator
 import h5py
 import numpy as np
 
+from emprior.core.digest import sha256_file
 from emprior.core.errors import ArtifactError
 
 SIDE = ".prov.json"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def sidecar(path: str | Path) -> Path:

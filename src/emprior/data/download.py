@@ -14,18 +14,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from emprior.core.digest import file_digest
 from emprior.core.errors import DataError
 
 _CHUNK = 1 << 20
-
-
-def file_digest(path: str | Path, algorithm: str) -> str:
-    """Hex digest of a file (``"md5"`` or ``"sha256"``), read in 1 MiB chunks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _expected_digests(sha256: str | None, md5: str | None) -> dict[str, str]:

@@ -16,7 +16,6 @@ the published one.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import math
 import warnings
@@ -26,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from emprior.core.digest import sha256_file
 
 # torch-fidelity's port of the TF Inception graph used for FID/IS (2015-12-05), and its sha256
 # (the file name carries its first 8 hex digits, the torch.hub convention).
@@ -141,14 +142,6 @@ def checkpoints_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------
 # LPIPS
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +184,7 @@ def lpips_model(net: str = "alex", weights_dir: str | Path | None = None) -> tor
         return MetricUnavailable(f"n/a: LPIPS {net} backbone weights not found at {path} (no internet); "
                                  f"place the file there or set metrics.lpips_weights_dir")
     prefix = LPIPS_BACKBONES[net].rsplit("-", 1)[1].split(".")[0]
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if not digest.startswith(prefix):
         return MetricUnavailable(f"n/a: {path} is not the published torchvision file "
                                  f"(sha256 {digest[:12]}..., expected {prefix}...)")
@@ -296,7 +289,7 @@ def fid_is(samples: Any, reference: Any, data_range: float | tuple[float, float]
     if not path.is_file():
         return MetricUnavailable(f"n/a: Inception weights not found at {path} (no internet); place the file "
                                  f"there or set metrics.inception_weights")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     import torch_fidelity
 
     if cuda is None:
