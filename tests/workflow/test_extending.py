@@ -38,9 +38,9 @@ class DataConsistencyOptions:
 class DataConsistency(PosteriorDenoiser):
     """x_hat + w A^T (y - A x_hat): the prior's denoiser made to agree with the measurements."""
 
-    def __init__(self, denoiser, op, y, weight: float = 1.0):
+    def __init__(self, denoiser, op, y, options: DataConsistencyOptions = DataConsistencyOptions()):
         super().__init__(denoiser, op, y)
-        self.weight = float(weight)
+        self.weight = options.weight
 
     def _estimate(self, x_t, sigma, y):
         x_hat = self.denoiser(x_t, sigma)
@@ -61,7 +61,7 @@ class ToyEM(EMMethod):
 
     def init_prior(self, job, obs):
         d = int(np.prod(obs.x_shape))
-        return ({"kind": "gaussian", "x_shape": list(obs.x_shape), "mean": torch.zeros(d), "U": torch.zeros(d, 1),
+        return ({"kind": "gaussian", "x_shape": list(obs.x_shape), "mean": torch.zeros(d), "U": torch.eye(d, 1),
                  "s": torch.zeros(1), "tau": float(self.options.scale) ** 2, "log_evidence": []}, {})
 
     def posterior(self, prior, op, y):
