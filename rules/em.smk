@@ -4,6 +4,11 @@
 # E-step trains on the observations and has no estep_shard / gather_posterior jobs.
 
 
+def optional_inputs(*names):
+    """``--name path`` for each of ``names`` that the rule's input function gave."""
+    return lambda wc, input: " ".join(f"--{n} {input[n]}" for n in names if n in input.keys())
+
+
 def previous_model(wc):
     return f"{itdir(wc.experiment, wc.variant, int(wc.k) - 1)}/model.pt"
 
@@ -18,23 +23,26 @@ def mstep_inputs(wc):
     return inputs
 
 
-def optional_inputs(*names):
-    """``--name path`` for each of ``names`` that the rule's input function gave."""
-    return lambda wc, input: " ".join(f"--{n} {input[n]}" for n in names if n in input.keys())
-
-
 def shard_files(wc):
     return [f"{itdir(wc.experiment, wc.variant, wc.k)}/posterior/shard_{j}.h5"
             for j in range(n_shards(wc.experiment))]
 
 
+def init_inputs(wc):
+    inputs = {"observations": f"{R}/{wc.experiment}/data/observations.h5"}
+    if method(wc.experiment, wc.variant).init_needs_clean:  # e.g. EMDiffusion's clean subset
+        inputs["clean"] = f"{R}/{wc.experiment}/data/clean.h5"
+    return inputs
+
+
 rule init_prior:
     input:
-        observations=f"{R}/{{experiment}}/data/observations.h5",
+        unpack(init_inputs),
     output:
         f"{R}/{{experiment}}/{{variant}}/iter_000/model.pt",
     params:
         cfg=cfg_em,
+        inputs=optional_inputs("clean"),
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,
@@ -47,7 +55,7 @@ rule init_prior:
         f"{R}/benchmarks/{{experiment}}/{{variant}}/iter_000/init_prior.tsv"
     shell:
         "{PY} init-prior --config {params.cfg} --experiment {wildcards.experiment} --variant {wildcards.variant}"
-        " --observations {input.observations} --out {output} --threads {threads} > {log} 2>&1"
+        " --observations {input.observations} {params.inputs} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule estep_shard:

@@ -45,6 +45,12 @@ class Observations:
     def x_shape(self) -> tuple[int, ...]:
         return tuple(self.op.x_shape)
 
+    def subset(self, rows: np.ndarray) -> Observations:
+        """The observations ``rows`` (positions in this set), with their operators."""
+        rows = np.asarray(rows)
+        return Observations(y=self.y[rows], index=self.index[rows], op=self.op[rows] if len(self.op) > 1 else self.op,
+                            noise_std=self.noise_std, seed=self.seed)
+
 
 def corrupt(x: np.ndarray, obs_cfg: dict[str, Any], seed: int, experiment: str) -> Observations:
     """Draw one observation per latent: operator parameters, then y = A x + noise (Sec. 4)."""

@@ -75,7 +75,6 @@ def check_estep(prior, method, obs, job, observations: int = DEFAULTS["observati
                 repeats: int = DEFAULTS["repeats"]) -> dict[str, Any]:
     """Draw ``repeats`` E-step samples for each of the first ``observations`` pairs (the variant's
     sampler, covariance and solver; its own random stream) and score them against the exact posterior."""
-    from emprior.data.observations import Observations
     from emprior.methods.estep import run_estep
 
     if prior.gaussian is None:
@@ -89,8 +88,7 @@ def check_estep(prior, method, obs, job, observations: int = DEFAULTS["observati
                 "skipped": f"d = {d} > {DENSE_MAX}: dense exact posteriors not formed"}
     n = min(int(observations), len(obs))
     rows = np.repeat(np.arange(n), repeats)
-    sub = Observations(y=obs.y[rows], index=obs.index[rows], op=obs.op[rows] if len(obs.op) > 1 else obs.op,
-                       noise_std=obs.noise_std, seed=obs.seed)
+    sub = obs.subset(rows)
     bs = job.exp["estep"]["block_size"]
     res = run_estep(prior, method, sub, job, list(range(-(-len(rows) // bs))), stream="estep_check")
     x = res["x"].reshape(n, repeats, -1)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from emprior.core.registry import Registry
 
 if TYPE_CHECKING:
@@ -40,17 +42,27 @@ class EMMethod:
     stages: ClassVar[tuple[str, ...]] = STAGES
     # iteration 1's E-step can be scored against the exact posterior under a Gaussian q_0
     estep_check: ClassVar[bool] = False
+    # the init stage reads clean.h5 too (a method that starts from clean data, e.g. EMDiffusion)
+    init_needs_clean: ClassVar[bool] = False
+    # the method's name in Table 1 and the paper tables (diem-arxiv Table 1, the peers' papers)
+    label: ClassVar[str] = ""
 
     def __init__(self, options: Any, exp: dict[str, Any]):
         self.options = options
         self.exp = exp
 
     # -- stage: init ---------------------------------------------------------------------------
-    def init_prior(self, job: Job, obs: Observations) -> tuple[dict[str, Any], dict[str, Any]]:
-        """q_0 as a model.pt checkpoint dict, and run-dependent numbers for the sidecar."""
+    def init_prior(self, job: Job, obs: Observations, clean: np.ndarray | None = None
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """q_0 as a model.pt checkpoint dict, and run-dependent numbers for the sidecar; ``clean`` (the
+        clean data set) is given only to a method with ``init_needs_clean``."""
         raise NotImplementedError(f"{type(self).__name__} has no init stage")
 
     # -- stage: estep --------------------------------------------------------------------------
+    def estep_subset(self, job: Job, n: int) -> np.ndarray | None:
+        """Indices of the observations iteration ``job.iteration``'s E-step samples (None: all n)."""
+        return None
+
     def posterior(self, prior: Prior, op: Any, y: torch.Tensor) -> Any:
         """The posterior denoiser E[x | x_t, y] the E-step samples with, for one block of observations."""
         raise NotImplementedError(f"{type(self).__name__} has no E-step")
@@ -73,6 +85,15 @@ class EMMethod:
 
     def validate(self, where: str) -> None:
         """Check option combinations a schema cannot express; one-line ConfigError naming the key."""
+
+    # -- report --------------------------------------------------------------------------------
+    def table_covariance(self) -> str | None:
+        """The E-step covariance as Table 1 names it (DiEM's ablation), or None."""
+        return None
+
+    def clean_data(self) -> int:
+        """How many clean training examples the method sees (Table 1 counts them)."""
+        return 0
 
 
 def make_method(variant_cfg: dict[str, Any], exp_cfg: dict[str, Any], where: str = "variant") -> EMMethod:

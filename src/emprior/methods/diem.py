@@ -30,6 +30,7 @@ class DiEM(EMMethod):
 
     stages = ("init", "estep", "mstep")
     estep_check = True
+    label = "DiEM"
 
     def __init__(self, options: DiEMOptions, exp: dict[str, Any]):
         super().__init__(options, exp)
@@ -41,8 +42,11 @@ class DiEM(EMMethod):
 
         POSTERIOR_SAMPLERS.options(self.sampler, self.sampler_options, where=f"{where}.posterior")
 
-    def init_prior(self, job, obs):
+    def init_prior(self, job, obs, clean=None):
         return gaussian_init(job, obs)
+
+    def table_covariance(self):
+        return self.sampler_options.get("covariance", "tweedie") if self.sampler == "mmps" else self.sampler
 
     def posterior(self, prior, op, y):
         from emprior.posterior import make_posterior

@@ -24,12 +24,16 @@ def method_of(job: Job):
 
 
 @command("init-prior", ids=("experiment", "variant"))
-def init_prior(job: Job, observations: str, out: str) -> None:
+def init_prior(job: Job, observations: str, out: str, clean: str | None = None) -> None:
     """rule init_prior: the method's initial prior q_0 -> iter_000/model.pt"""
-    from emprior.data.observations import load_observations
+    from emprior.data.observations import load_clean, load_observations
 
     job.iteration = 0
-    ckpt, runtime = method_of(job).init_prior(job, load_observations(observations))
+    method = method_of(job)
+    if method.init_needs_clean and not clean:
+        raise ArtifactError(f"{out}: the initial prior of {job.var['method']!r} needs --clean (clean.h5)")
+    x_clean = load_clean(clean) if clean and method.init_needs_clean else None
+    ckpt, runtime = method.init_prior(job, load_observations(observations), x_clean)
     save_torch(out, ckpt, job.provenance("init_prior"), runtime=runtime)
 
 
@@ -44,9 +48,15 @@ def estep(job: Job, shard: int, model: str, observations: str, out: str) -> None
     prior = load_prior(model, device=job.device)
     if tuple(prior.x_shape) != tuple(obs.x_shape):
         raise ArtifactError(f"{model}: prior of shape {prior.x_shape} does not match observations {obs.x_shape}")
+    method = method_of(job)
+    subset = method.estep_subset(job, len(obs))
+    if subset is not None:  # the shards split the subset's blocks; posterior.h5 keeps the original indices
+        obs = obs.subset(np.asarray(subset))
     est = job.exp["estep"]
     blocks = shard_blocks(len(obs), est["block_size"], est["shards"], shard)
-    res = run_estep(prior, method_of(job), obs, job, blocks, shard=shard)
+    res = run_estep(prior, method, obs, job, blocks, shard=shard)
+    if subset is not None:
+        res["index"] = np.asarray(subset)[res["index"]]
     save_h5(out, {"x": res["x"], "index": res["index"], "residual_ratio": res["residual_ratio"]},
             attrs={"blocks": res["blocks"], "block_seeds": [str(s) for s in res["block_seeds"]],
                    "solver": res["solver"], "shard": shard, "shards": est["shards"], "iteration": job.iteration},
