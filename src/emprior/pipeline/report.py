@@ -25,12 +25,24 @@ def table1(job: Job, out_csv: str, out_md: str, out_tex: str, metrics: list[str]
 
     config = job.config
     df = table1_frame(config, metrics)
-    exp = ", ".join(config.get("tables", {}).get("table1", {}).get("experiments", []))
+    names = config.get("tables", {}).get("table1", {}).get("experiments", [])
+    budgets = "; ".join(_budget(n, config["experiments"][n]) for n in names)
     write_table(df, out_csv, out_md, out_tex, job.provenance("table1"),
-                caption=f"Table 1: final models trained on corrupted data (this run: {exp}; paper: CIFAR-10). "
-                        "Sinkhorn = debiased Sinkhorn divergence to the clean data (lower is better). "
+                caption=f"Table 1: final models trained on corrupted data (this run: {', '.join(names)}; paper: "
+                        f"CIFAR-10). Every method gets the same budget per experiment ({budgets}); a method "
+                        "without an E-step (AmbientDiffusion) trains on the observations with the same M-step "
+                        "budget. clean_data = clean training examples the method saw (EMDiffusion's initial "
+                        "prior). Sinkhorn = debiased Sinkhorn divergence to the clean data (lower is better). "
+                        "paper_* = the published number of that method at that setting, where there is one. "
                         "estep_bias2_it1 / estep_spread_it1: iteration 1's E-step against the exact "
                         "posterior under the Gaussian q_0 (an exact sampler: 0 / 1).")
+
+
+def _budget(name: str, exp: dict) -> str:
+    ms = exp["mstep"]
+    train = f"{ms['steps']} steps" if "steps" in ms else f"{ms['epochs']} epochs"
+    return (f"{name}: {exp['iterations']} iterations, each an E-step of {exp['estep']['steps']} "
+            f"{exp['estep']['sampler']} steps per observation and an M-step of {train}")
 
 
 @command("table4")

@@ -1,6 +1,7 @@
 """Tables and figures with the paper's numbers side by side.
 
-The paper's values ship in ``emprior/paper_tables/*.csv`` (from diem-arxiv Tables 1, 4, 5). Our
+The paper's values ship in ``emprior/report/paper_tables/*.csv`` (diem-arxiv Tables 1, 4, 5; the peers'
+published CIFAR-10 numbers in ``table1_peers.csv``). Our
 numbers are measured by the DAG; where a metric cannot be computed honestly (e.g. FID without the
 Inception weights) the cell says why instead of holding a number.
 """
@@ -35,11 +36,15 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFrame:
-    """Final-iteration sample quality per variant, next to the paper's Table 1 (CIFAR-10), with the
-    iteration-1 E-step check (``estep_check``: spread, bias2 vs the exact posterior) where an
-    iteration-1 metrics.json is among ``metrics_paths``."""
+    """Final-iteration sample quality per variant (one row per EM method and variant), next to the
+    published number for that method and setting where its paper has one (diem-arxiv Table 1; the
+    peers' own papers), with the clean examples each method saw and the iteration-1 E-step check
+    (``estep_check``: spread, bias2 vs the exact posterior) where an iteration-1 metrics.json is among
+    ``metrics_paths``; then the published rows of methods at settings not run here."""
+    from emprior.methods import make_method
+
     records = read_metrics(metrics_paths)
-    paper = paper_table("table1")
+    paper = pd.concat([paper_table("table1"), paper_table("table1_peers")], ignore_index=True)
     final: dict[tuple[str, str], dict[str, Any]] = {}
     checks: dict[tuple[str, str], dict[str, Any]] = {}
     for rec in records:
@@ -51,30 +56,35 @@ def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFra
     rows = []
     for key, rec in final.items():
         exp = config["experiments"][rec["experiment"]]
-        var = exp["variants"][rec["variant"]]
+        method = make_method(exp["variants"][rec["variant"]], exp)
         deleted = exp["observation"].get("options", {}).get("deleted")
-        cov = COVARIANCE_LABEL.get(var.get("posterior", {}).get("covariance", "tweedie"))
+        cov = COVARIANCE_LABEL.get(method.table_covariance(), method.table_covariance())
         q = rec.get("quality", {})
-        match = paper[(paper.method == "DiEM") & (paper.covariance == cov)]
+        match = paper[(paper.method == method.label)]
+        match = match[match.covariance == cov] if cov is not None else match[match.covariance.isna()]
         if deleted is not None:
             close = match[np.isclose(match.deleted, deleted)]
-            match = close if len(close) else match
+            # DiEM's own paper covers every setting of its ablation; a peer's number only where it matches
+            match = close if len(close) or method.label != "DiEM" else match
         rows.append({
-            "method": "DiEM", "covariance": cov, "dataset": exp["dataset"]["name"], "deleted": deleted,
+            "method": method.label, "variant": rec["variant"], "covariance": cov, "clean_data": method.clean_data(),
+            "dataset": exp["dataset"]["name"], "deleted": deleted,
             "iterations": rec["iteration"], "sinkhorn": q.get("sinkhorn"),
             "fd_digits": q.get("fd_digits"), "is_digits": q.get("is_digits"),
             "fid": q.get("fid"), "is": q.get("is"), "fid_status": q.get("fid_status", "n/a: not an image set"),
             "paper_fid": float(match.fid.iloc[0]) if len(match) else None,
-            "paper_is": float(match["is"].iloc[0]) if len(match) else None,
+            "paper_is": float(match["is"].iloc[0]) if len(match) and pd.notna(match["is"].iloc[0]) else None,
             "paper_deleted": float(match.deleted.iloc[0]) if len(match) else None,
+            "paper_source": match.source.iloc[0] if len(match) else None,
             "estep_bias2_it1": checks.get(key, {}).get("bias2"), "estep_spread_it1": checks.get(key, {}).get("spread"),
         })
     for _, p in paper[paper.method != "DiEM"].iterrows():
-        rows.append({"method": p.method, "covariance": None, "dataset": "cifar10 (paper only)",
-                     "deleted": None, "iterations": None, "sinkhorn": None, "fd_digits": None,
-                     "is_digits": None, "fid": None, "is": None,
-                     "fid_status": "not run in this preset", "paper_fid": p.fid, "paper_is": p["is"],
-                     "paper_deleted": p.deleted, "estep_bias2_it1": None, "estep_spread_it1": None})
+        rows.append({"method": p.method, "variant": None, "covariance": None, "clean_data": None,
+                     "dataset": "cifar10 (paper only)", "deleted": None, "iterations": None, "sinkhorn": None,
+                     "fd_digits": None, "is_digits": None, "fid": None, "is": None,
+                     "fid_status": "published; not run at this setting", "paper_fid": p.fid,
+                     "paper_is": p["is"] if pd.notna(p["is"]) else None, "paper_deleted": p.deleted,
+                     "paper_source": p.source, "estep_bias2_it1": None, "estep_spread_it1": None})
     return pd.DataFrame(rows)
 
 

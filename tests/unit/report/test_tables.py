@@ -29,4 +29,5 @@ def test_table1_takes_the_final_iteration_and_the_iteration_one_check(tmp_path):
     assert tw.iterations == 3 and tw.sinkhorn == 19.5 and tw.paper_fid == 13.18 and tw.paper_deleted == 0.75
     assert tw.estep_bias2_it1 == 0.0225 and tw.estep_spread_it1 == 0.82
     assert st.sinkhorn == 28.7 and st.paper_fid == 118.69 and pd.isna(st.estep_bias2_it1)
-    assert set(df[df.method != "DiEM"].method) == {"AmbientDiffusion"}
+    assert set(df[df.method != "DiEM"].method) == {"AmbientDiffusion", "EMDiffusion"}
+    assert (df[df.method != "DiEM"].fid_status == "published; not run at this setting").all()
