@@ -19,7 +19,9 @@ Mapping onto this suite:
   k is the k-th chunk of training: the experiment's ``mstep`` budget (steps or epochs, batch size,
   Adam, lr schedule, EMA, clip, augment) from iteration k-1's raw weights (``uses_previous(k) =
   k >= 2``), so Fig. 4 gets a curve and the total budget equals the EM methods' M-step budget. As for
-  DiEM's M-step, each chunk starts a fresh optimiser, lr schedule and EMA.
+  DiEM's M-step, each chunk starts a fresh optimiser, lr schedule and EMA. ``augment`` flips / crops an
+  observation and its mask together; ``mstep.max_abs`` (a filter for E-step samples) does not apply
+  to observations and is ignored.
 - network: :class:`AmbientDenoiser`, the experiment's ``denoiser`` architecture built by
   :func:`~emprior.nets.conditional.build_conditional_denoiser` (the mask A~ as extra input
   channel(s)), with the EDM preconditioning (Eq. 26) taken per pixel: a pixel A~ shows has noise
