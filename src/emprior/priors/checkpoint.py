@@ -8,6 +8,10 @@ Checkpoint layout (a dict of tensors, numbers and strings, loadable with ``weigh
   ({sigma_min, sigma_max}), ``weights`` (the state dict used for sampling: EMA weights if EMA is on),
   ``raw_weights`` (the optimiser's weights, where the next M-step starts), ``train`` (loss curve and
   step count).
+- Ambient (:mod:`emprior.methods.ambient`): ``kind="ambient"``, the denoiser layout for a conditional
+  denoiser d(A~ x_t, A~, sigma) plus ``cond_channels`` and ``corruption`` (what its sampler draws the
+  masks A~ from); it is sampled through the ambient method's ``sample_prior`` (its ``denoiser``
+  needs a mask, so the Prior's own one raises).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class Prior:
     denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     checkpoint: dict[str, Any]
     gaussian: Any = None      # emprior.priors.gaussian.LowRankGaussian for kind == "gaussian"
-    module: Any = None        # the PreconditionedDenoiser for kind == "denoiser"
+    module: Any = None        # the PreconditionedDenoiser ("denoiser") or AmbientDenoiser ("ambient")
 
     def sample(self, n: int, exp_cfg: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         """n samples of q_k as the evaluation draws them: exactly for the Gaussian q_0, else by reverse
@@ -87,4 +91,28 @@ def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
         for p in module.parameters():
             p.requires_grad_(False)
         return Prior(kind, x_shape, module, ckpt, module=module)
-    raise ArtifactError(f"{where}: unknown model kind {kind!r} (expected 'gaussian' or 'denoiser')")
+    if kind == "ambient":
+        from emprior.methods.ambient import build_ambient_denoiser
+
+        with torch.random.fork_rng(devices=[]):
+            module = build_ambient_denoiser(dict(ckpt["net"]), x_shape, int(ckpt["cond_channels"]))
+        _load_module(module, ckpt["weights"], where, device)
+
+        def needs_mask(x_t, sigma):
+            raise ArtifactError(f"{where}: an ambient model is a denoiser of A~ x_t given the mask A~; sample it "
+                                "with the ambient method's sample_prior (emprior.methods.ambient)")
+
+        return Prior(kind, x_shape, needs_mask, ckpt, module=module)
+    raise ArtifactError(f"{where}: unknown model kind {kind!r} (expected 'gaussian', 'denoiser' or 'ambient')")
+
+
+def _load_module(module: torch.nn.Module, weights: dict[str, Any], where: str, device) -> None:
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{where}: weights do not match the net config ({str(exc).splitlines()[0]})") from None
+    module.eval()
+    if device is not None:
+        module.to(device)
+    for p in module.parameters():
+        p.requires_grad_(False)
