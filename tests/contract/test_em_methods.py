@@ -42,7 +42,8 @@ def test_method_writes_its_iteration_artifacts(name, digits, tmp_path):
     it0, it1 = tmp_path / "iter_000", tmp_path / "iter_001"
     previous = None
     if "init" in method.stages:
-        em.init_prior(Job(cfg, "digits", "v"), obs, str(it0 / "model.pt"))
+        em.init_prior(Job(cfg, "digits", "v"), obs, str(it0 / "model.pt"),
+                      clean=clean if method.init_needs_clean else None)
         evaluate.prior_samples(Job(cfg, "digits", "v", 0), str(it0 / "model.pt"), str(it0 / "prior_samples.h5"))
         assert load_torch(it0 / "model.pt")["kind"] in ("gaussian", "denoiser")
         previous = str(it0 / "model.pt")
