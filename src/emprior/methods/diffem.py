@@ -32,8 +32,8 @@ Randomness: the conditional net's initialisation ``net_init_conditional`` (per v
 noise and batches ``mstep_conditional`` (per iteration), the operators of the fresh corruptions one numpy
 stream per training step (``mstep_conditional / corruption / step``), so a resumed run (the conditional
 training is resumable like :func:`~emprior.training.mstep.train_denoiser`, from its own resume file)
-draws the same masks. Budget: both nets with the experiment's ``mstep`` settings; ``conditional_steps``
-overrides the conditional net's step count.
+draws the same masks. Budget: both nets with the experiment's ``mstep`` settings; ``conditional_mstep``
+(e.g. DiffEM's EMA 0.9999) and ``conditional_steps`` override them for the conditional net only.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from emprior.core.errors import ArtifactError
+from emprior.core.errors import ArtifactError, ConfigError
 from emprior.core.log import get_logger
 from emprior.core.registry import option
 from emprior.core.rng import derive_seed, numpy_rng
@@ -73,6 +73,8 @@ class DiffEMOptions:
     conditional_steps: int | None = option(None, minimum=1,
                                            doc="training steps of the conditional model per M-step "
                                                "(default: the experiment's mstep budget)")
+    conditional_mstep: dict = option({}, doc="overrides of the experiment's mstep settings for the conditional "
+                                             "model only, e.g. {ema_decay: 0.9999}")
     conditional_net: dict | None = option(None, doc="net config of the conditional model "
                                                     "(default: the experiment's denoiser)")
     unconditional_warm_start: bool = option(True, doc="the unconditional model continues from the previous "
@@ -157,6 +159,21 @@ class DiffEM(EMMethod):
         from emprior.posterior import POSTERIOR_SAMPLERS
 
         POSTERIOR_SAMPLERS.options(self.sampler, self.sampler_options, where=f"{where}.first_posterior")
+        over = dict(self.options.conditional_mstep)
+        if over:
+            import jsonschema
+
+            from emprior.config.loading import load_schema
+
+            full = load_schema()
+            schema = {**full["$defs"]["experiment"]["properties"]["mstep"], "$defs": full["$defs"]}
+            merged = {**self.exp.get("mstep", {}), **over}
+            if "steps" in over:
+                merged.pop("epochs", None)
+            err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(merged))
+            if err is not None:
+                path = ".".join(str(q) for q in err.absolute_path)
+                raise ConfigError(f"{where}.conditional_mstep{'.' + path if path else ''}: {err.message}")
         net = self.options.conditional_net
         if net is not None:
             NETS.options(net.get(NETS.key), net, where=f"{where}.conditional_net")
@@ -213,6 +230,10 @@ class DiffEM(EMMethod):
         elif previous is not None:
             log.info("%s: previous model has no conditional weights; the conditional model starts afresh", job.context)
         mstep_cfg = dict(exp["mstep"])
+        over = dict(self.options.conditional_mstep)
+        if "steps" in over:
+            mstep_cfg.pop("epochs", None)
+        mstep_cfg.update(over)
         if self.options.conditional_steps is not None:
             mstep_cfg.pop("epochs", None)
             mstep_cfg["steps"] = int(self.options.conditional_steps)

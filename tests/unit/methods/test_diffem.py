@@ -225,3 +225,18 @@ def test_conditional_training_resumes_to_identical_weights(setup, monkeypatch, t
             assert torch.equal(v, got["conditional"][key][k]), k
         for k, v in ref[key].items():
             assert torch.equal(v, got[key][k]), k
+
+
+def test_conditional_mstep_overrides_only_the_conditional_model(setup, tmp_path):
+    cfg, d, x = setup
+    m = _method(cfg, conditional_mstep={"ema_decay": None, "steps": 3})
+    ckpt, _ = m.mstep(Job(cfg, "digits", "d", 1), x, None, None, str(tmp_path / "o.resume.pt"))
+    part = ckpt["conditional"]
+    assert part["train"]["steps"] == 3 and ckpt["train"]["steps"] == 4
+    assert all(torch.equal(part["weights"][k], part["raw_weights"][k]) for k in part["weights"])  # no EMA
+    assert any(not torch.equal(ckpt["weights"][k], ckpt["raw_weights"][k]) for k in ckpt["weights"])  # EMA 0.9
+    bad = copy.deepcopy(cfg)
+    bad["experiments"]["digits"]["variants"] = {"d": {"method": "diffem", "conditional_mstep": {"emadecay": 0.9}}}
+    with pytest.raises(Exception, match="conditional_mstep"):
+        validate_config(bad)
+        make_method(bad["experiments"]["digits"]["variants"]["d"], bad["experiments"]["digits"])
