@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
@@ -65,8 +65,13 @@ def augment(x: torch.Tensor, kinds: list[str], generator: torch.Generator) -> to
 
 def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Schedule, mstep: dict[str, Any],
                    generator: torch.Generator, resume_path: str | Path | None = None,
-                   progress: bool = False, context: str = "M-step") -> dict[str, Any]:
-    """Train in place; returns {"loss": per-chunk mean losses, "steps", "ema": EMA or None, "seconds"}."""
+                   progress: bool = False, context: str = "M-step",
+                   loss_fn: Callable[..., torch.Tensor] | None = None) -> dict[str, Any]:
+    """Train in place; returns {"loss": per-chunk mean losses, "steps", "ema": EMA or None, "seconds"}.
+
+    ``loss_fn(denoiser, x, schedule, generator, step)`` replaces the unconditional DSM loss (Eq. 4) for a
+    model with another signature (DiffEM's conditional denoiser); it must draw its randomness from
+    ``generator`` or from the step number, so that a resumed run stays identical."""
     steps = n_steps(mstep, len(data))
     # foreach: one multi-tensor update instead of a Python loop over the parameters (not PyTorch's CPU default).
     opt = torch.optim.Adam(denoiser.parameters(), lr=mstep["lr"], weight_decay=mstep.get("weight_decay", 0.0),
@@ -106,7 +111,10 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
                      total=steps):
         i = torch.randint(0, len(data), (mstep["batch_size"],), generator=generator)
         x = augment(data[i], mstep.get("augment", []), generator)
-        loss = dsm_loss(denoiser, x, schedule, generator=generator)
+        if loss_fn is None:
+            loss = dsm_loss(denoiser, x, schedule, generator=generator)
+        else:
+            loss = loss_fn(denoiser, x, schedule, generator, step)
         value = loss.item()
         if not math.isfinite(value):
             raise NumericalError(f"{context}: non-finite loss at step {step}/{steps}")
@@ -139,14 +147,17 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
 
 def em_mstep(net: torch.nn.Module, x: torch.Tensor, schedule: Schedule, mstep: dict[str, Any],
              generator: torch.Generator, context: str = "M-step",
-             resume_path: str | Path | None = None) -> dict[str, Any]:
+             resume_path: str | Path | None = None,
+             loss_fn: Callable[..., torch.Tensor] | None = None) -> dict[str, Any]:
     """The M-step of Algorithm 1 on posterior samples x: leave out samples outside ``mstep.max_abs``,
-    train ``net`` from its current weights, then put the EMA weights (if any) into ``net``.
+    train ``net`` from its current weights (``loss_fn``: see :func:`train_denoiser`), then put the EMA
+    weights (if any) into ``net``.
 
     Returns :func:`train_denoiser`'s record plus ``raw`` (the trained weights before the EMA copy: the
     next iteration starts from them), ``dropped`` and ``n_data``."""
     x, dropped = within_box(x, mstep.get("max_abs"), context)
-    result = train_denoiser(net, x, schedule, mstep, generator, resume_path=resume_path, context=context)
+    result = train_denoiser(net, x, schedule, mstep, generator, resume_path=resume_path, context=context,
+                            loss_fn=loss_fn)
     raw = {k: v.clone() for k, v in net.state_dict().items()}
     if result["ema"] is not None:
         result["ema"].copy_to(net)
