@@ -65,8 +65,6 @@ the shape of x: pixel_mask, box_mask) are supported.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +73,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from emprior.core.errors import ArtifactError, ConfigError, NumericalError
+from emprior.core.errors import ArtifactError, ConfigError
 from emprior.core.log import get_logger
 from emprior.core.registry import option
 from emprior.methods.base import EM_METHODS, EMMethod
@@ -153,86 +151,20 @@ def train_ambient(net: torch.nn.Module, y: Tensor, masks: Tensor, schedule: Sche
                   delta: float, generator: torch.Generator, resume_path: str | Path | None = None,
                   context: str = "ambient M-step") -> dict[str, Any]:
     """Train the conditional denoiser ``net`` in place on observations ``y`` with masks ``masks``
-    (N, C_mask, *spatial) using the experiment's ``mstep`` settings (the optimiser, lr schedule, EMA,
-    clipping, augmentations, step budget and resume state of :func:`emprior.training.mstep.train_denoiser`).
+    (N, C_mask, *spatial): :func:`emprior.training.mstep.train_denoiser` (the experiment's optimiser,
+    lr schedule, EMA, clipping, step budget and resume state) with :func:`ambient_loss`. An observation
+    and its mask travel as one tensor, so an augmentation flips or crops both the same way.
 
     Returns {"loss" (per-chunk means), "steps", "ema", "seconds", "resumed_from"}."""
-    from emprior.core.artifacts import load_torch, save_torch
-    from emprior.diffusion.ema import EMA
-    from emprior.training.mstep import augment, n_steps
+    from emprior.training.mstep import train_denoiser
 
-    steps = n_steps(mstep, len(y))
-    opt = torch.optim.Adam(net.parameters(), lr=mstep["lr"], weight_decay=mstep.get("weight_decay", 0.0),
-                           foreach=True)
-    lr_final = mstep.get("lr_final", mstep["lr"])
-    if mstep.get("scheduler", "constant") == "linear":
-        def lr_lambda(i):
-            return 1.0 - (1.0 - lr_final / mstep["lr"]) * min(i, steps) / steps
-    else:
-        def lr_lambda(i):
-            return 1.0
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    ema = EMA(net, decay=mstep["ema_decay"]) if mstep.get("ema_decay") else None
-    clip = mstep.get("clip")
-    params = list(net.parameters())
-    every = int(mstep.get("checkpoint_every", max(1, steps // 4)))
-    chunk = max(1, steps // 100)
-    kinds = list(mstep.get("augment", []))
     c = y.shape[1]
-    losses: list[float] = []
-    running: list[float] = []
-    start_step = 0
-    resume = Path(resume_path) if resume_path else None
-    if resume is not None and resume.exists():
-        try:
-            state = load_torch(resume, rule="mstep (resume state)")
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            generator.set_state(state["generator"])
-            losses, running, start_step = list(state["losses"]), list(state["running"]), int(state["step"])
-            log.info("%s: resumed from %s at step %d/%d", context, resume, start_step, steps)
-        except (ArtifactError, KeyError, RuntimeError, ValueError) as exc:
-            log.warning("%s: ignoring unusable resume state %s (%s)", context, resume, exc)
-            start_step = 0
-    net.train()
-    begin = time.perf_counter()
-    for step in range(start_step, steps):
-        i = torch.randint(0, len(y), (mstep["batch_size"],), generator=generator, device=generator.device)
-        both = torch.cat([y[i], masks[i]], dim=1)
-        if kinds:  # the same flip / crop for an observation and its mask
-            both = augment(both, kinds, generator)
-        loss = ambient_loss(net, both[:, :c], both[:, c:], schedule, delta, generator=generator)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NumericalError(f"{context}: non-finite loss at step {step}/{steps}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-        sched.step()
-        if ema is not None:
-            ema.update(net)
-        running.append(value)
-        if len(running) == chunk:
-            losses.append(sum(running) / len(running))
-            running = []
-        if resume is not None and (step + 1) % every == 0 and step + 1 < steps:
-            save_torch(resume, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                                "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema else {},
-                                "generator": generator.get_state(), "losses": losses, "running": running,
-                                "step": step + 1})
-    if running:
-        losses.append(sum(running) / len(running))
-    net.eval()
-    for name, p in net.named_parameters():
-        if not torch.isfinite(p).all():
-            raise NumericalError(f"{context}: non-finite weights in {name} after training")
-    return {"loss": losses, "steps": steps, "ema": ema, "seconds": time.perf_counter() - begin,
-            "resumed_from": start_step}
+
+    def loss_fn(denoiser, both, schedule, gen, step):
+        return ambient_loss(denoiser, both[:, :c], both[:, c:], schedule, delta, generator=gen)
+
+    return train_denoiser(net, torch.cat([y, masks], dim=1), schedule, mstep, generator, resume_path=resume_path,
+                          context=context, loss_fn=loss_fn)
 
 
 # -- network --------------------------------------------------------------------------------------

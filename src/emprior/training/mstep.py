@@ -53,12 +53,12 @@ def within_box(x: torch.Tensor, max_abs: float | None, context: str) -> tuple[to
 def augment(x: torch.Tensor, kinds: list[str], generator: torch.Generator) -> torch.Tensor:
     """Image augmentations of Appendix C: horizontal flips and reflection-pad & random crop."""
     if "hflip" in kinds:
-        flip = torch.rand(len(x), generator=generator) < 0.5
+        flip = torch.rand(len(x), generator=generator, device=generator.device) < 0.5
         x = torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
     if "pad_crop" in kinds:
         pad = max(1, x.shape[-1] // 8)
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-        dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+        dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator, device=generator.device).tolist()
         x = padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
     return x
 
@@ -109,7 +109,7 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
     begin = time.perf_counter()
     for step in tqdm(range(start_step, steps), desc=context, disable=not progress, initial=start_step,
                      total=steps):
-        i = torch.randint(0, len(data), (mstep["batch_size"],), generator=generator)
+        i = torch.randint(0, len(data), (mstep["batch_size"],), generator=generator, device=generator.device)
         x = augment(data[i], mstep.get("augment", []), generator)
         if loss_fn is None:
             loss = dsm_loss(denoiser, x, schedule, generator=generator)
