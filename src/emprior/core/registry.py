@@ -199,6 +199,16 @@ class Registry(Generic[T]):
         return {"type": "object", "additionalProperties": False, "required": [self.key], "properties": props}
 
 
+def import_submodules(package: str, path: list[str]) -> None:
+    """Import every module of a plug-in package (its ``__name__`` and ``__path__``), so that a new
+    plug-in file registers itself without any other edit."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{module.name}")
+
+
 def asdict(options: Any) -> dict[str, Any]:
     """Options dataclass -> plain dict (for provenance and keyword arguments)."""
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}

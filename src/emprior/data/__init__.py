@@ -20,13 +20,9 @@ get them. Every failure is a one-line :class:`~emprior.core.errors.DataError` na
 was expected.
 """
 
-import importlib
-import pkgutil
-
+from emprior.core.registry import import_submodules
 from emprior.data.base import DATASETS, load_dataset, prepare_dataset
 
-# Import every module so that a new data set file registers itself without any other edit.
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_submodules(__name__, __path__)  # a new plug-in file registers itself
 
 __all__ = ["DATASETS", "load_dataset", "prepare_dataset"]

@@ -276,7 +276,7 @@ class Ambient(EMMethod):
               ) -> tuple[dict[str, Any], dict[str, Any]]:
         from emprior.core.rng import derive_seed
         from emprior.diffusion.schedule import Schedule
-        from emprior.methods.stages import _cpu
+        from emprior.methods.stages import cpu_state
         if obs is None:
             raise ArtifactError(f"{job.context}: the ambient M-step needs the observations (their masks)")
         exp = job.exp
@@ -307,7 +307,7 @@ class Ambient(EMMethod):
                 "cond_channels": cond_channels,
                 "corruption": {"operator": obs_cfg["operator"], "options": dict(obs_cfg.get("options") or {}),
                                "delta": float(self.options.delta)},
-                "weights": _cpu(net.state_dict()), "raw_weights": _cpu(raw),
+                "weights": cpu_state(net.state_dict()), "raw_weights": cpu_state(raw),
                 "train": {"loss": result["loss"], "steps": result["steps"], "dropped": 0, "n_data": len(y)}}
         return ckpt, {"seconds": result["seconds"], "resumed_from": result["resumed_from"]}
 

@@ -52,7 +52,7 @@ from emprior.core.log import get_logger
 from emprior.core.registry import option
 from emprior.core.rng import derive_seed, numpy_rng
 from emprior.methods.base import EM_METHODS, EMMethod
-from emprior.methods.stages import _cpu, denoiser_mstep, gaussian_init
+from emprior.methods.stages import cpu_state, denoiser_mstep, gaussian_init
 from emprior.posterior.base import PosteriorDenoiser, col
 
 if TYPE_CHECKING:
@@ -123,19 +123,11 @@ def conditional_from_checkpoint(part: dict[str, Any], device: torch.device | str
                                 where: str = "checkpoint") -> ConditionalDenoiser:
     """The conditional denoiser of a DiffEM checkpoint's ``"conditional"`` entry (its EMA weights)."""
     from emprior.nets.conditional import build_conditional_denoiser
+    from emprior.priors.checkpoint import load_module
 
     with torch.random.fork_rng(devices=[]):  # the initialisation is overwritten: leave the global stream alone
         net = build_conditional_denoiser(dict(part["net"]), part["x_shape"], int(part["cond_channels"]))
-    try:
-        net.load_state_dict(part["weights"])
-    except RuntimeError as exc:
-        raise ArtifactError(f"{where}: conditional weights do not match the net config "
-                            f"({str(exc).splitlines()[0]})") from None
-    net.eval()
-    if device is not None:
-        net.to(device)
-    for p in net.parameters():
-        p.requires_grad_(False)
+    load_module(net, part["weights"], f"{where} (conditional)", device)
     return net
 
 
@@ -248,7 +240,7 @@ class DiffEM(EMMethod):
         result = em_mstep(net, x.to(job.device), Schedule(**exp["schedule"]), mstep_cfg, job.generator(STREAM),
                           f"M-step (conditional) {job.context}", resume_path=resume_path, loss_fn=loss_fn)
         part = {"net": net_cfg, "x_shape": list(x_shape), "cond_channels": cond_channels,
-                "weights": _cpu(net.state_dict()), "raw_weights": _cpu(result["raw"]),
+                "weights": cpu_state(net.state_dict()), "raw_weights": cpu_state(result["raw"]),
                 "observation": obs_cfg,
                 "train": {"loss": result["loss"], "steps": result["steps"], "dropped": result["dropped"],
                           "n_data": result["n_data"], "corruption": "fresh operator per pair and training step"}}

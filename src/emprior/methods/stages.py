@@ -64,13 +64,14 @@ def denoiser_mstep(job: Job, x: torch.Tensor, previous: Prior | None, resume_pat
     result = em_mstep(net, x.to(job.device), schedule, mstep_cfg or exp["mstep"], gen,
                       f"M-step {job.context}", resume_path=resume_path)
     ckpt = {"kind": "denoiser", "x_shape": list(x_shape), "net": net_cfg,
-            "schedule": dict(exp["schedule"]), "weights": _cpu(net.state_dict()), "raw_weights": _cpu(result["raw"]),
+            "schedule": dict(exp["schedule"]), "weights": cpu_state(net.state_dict()),
+            "raw_weights": cpu_state(result["raw"]),
             "train": {"loss": result["loss"], "steps": result["steps"], "dropped": result["dropped"],
                       "n_data": result["n_data"]}}
     return ckpt, {"seconds": result["seconds"], "resumed_from": result["resumed_from"]}
 
 
-def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict with its tensors on the CPU (artifacts are written from CPU tensors); a CPU one is
     returned as it is, so model.pt keeps the same bytes (state_dict's ``_metadata`` included)."""
     if all(v.device.type == "cpu" for v in state.values()):

@@ -12,17 +12,13 @@ architectures.
   :class:`~emprior.diffusion.preconditioning.PreconditionedDenoiser`; :data:`NETS` the registry.
 """
 
-import importlib
-import pkgutil
-
+from emprior.core.registry import import_submodules
 from emprior.nets.build import NETS, NetConfigError, build_denoiser
 from emprior.nets.embedding import noise_embedding
 from emprior.nets.mlp import MLP
 from emprior.nets.unet import UNet
 from emprior.nets.wrappers import PixelShuffleWrapper
 
-# Import every module so that a new network file registers itself without any other edit.
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_submodules(__name__, __path__)  # a new plug-in file registers itself
 
 __all__ = ["MLP", "NETS", "NetConfigError", "PixelShuffleWrapper", "UNet", "build_denoiser", "noise_embedding"]

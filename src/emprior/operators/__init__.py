@@ -20,9 +20,7 @@ One module per family (:mod:`~emprior.operators.masks`, ``projection``, ``fourie
 :mod:`~emprior.operators.base`, the factory and (de)serialisation in :mod:`~emprior.operators.io`.
 """
 
-import importlib
-import pkgutil
-
+from emprior.core.registry import import_submodules
 from emprior.operators.base import OPERATORS, LinearOperator, OperatorError
 from emprior.operators.blur import BlurOperator, gaussian_kernel, motion_kernel
 from emprior.operators.fourier import FourierLinesOperator
@@ -33,9 +31,7 @@ from emprior.operators.masks import BoxMaskOperator, PixelMaskOperator
 from emprior.operators.projection import ProjectionOperator
 from emprior.operators.resample import CropOperator, DownsampleOperator, bicubic_downsample_matrix
 
-# Import every module so that a new operator file registers itself without any other edit.
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_submodules(__name__, __path__)  # a new plug-in file registers itself
 
 __all__ = [
     "OPERATORS",

@@ -5,9 +5,7 @@ Every module of this package is imported here, so a new sampler file that regist
 generated config schema) with no other edit.
 """
 
-import importlib
-import pkgutil
-
+from emprior.core.registry import import_submodules
 from emprior.posterior.base import POSTERIOR_SAMPLERS, PosteriorDenoiser, make_posterior
 from emprior.posterior.diffpir import DiffPIR, DiffPIROptions
 from emprior.posterior.dps import DPS, DPSOptions
@@ -15,8 +13,7 @@ from emprior.posterior.mmps import COVARIANCES, MMPS, SOLVERS, MMPSOptions
 from emprior.posterior.pigdm import PiGDM, PiGDMOptions
 from emprior.posterior.tmpd import TMPD
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+import_submodules(__name__, __path__)  # a new plug-in file registers itself
 
 __all__ = [
     "COVARIANCES",

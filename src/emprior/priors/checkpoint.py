@@ -96,7 +96,7 @@ def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
 
         with torch.random.fork_rng(devices=[]):
             module = build_ambient_denoiser(dict(ckpt["net"]), x_shape, int(ckpt["cond_channels"]))
-        _load_module(module, ckpt["weights"], where, device)
+        load_module(module, ckpt["weights"], where, device)
 
         def needs_mask(x_t, sigma):
             raise ArtifactError(f"{where}: an ambient model is a denoiser of A~ x_t given the mask A~; sample it "
@@ -106,7 +106,8 @@ def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
     raise ArtifactError(f"{where}: unknown model kind {kind!r} (expected 'gaussian', 'denoiser' or 'ambient')")
 
 
-def _load_module(module: torch.nn.Module, weights: dict[str, Any], where: str, device) -> None:
+def load_module(module: torch.nn.Module, weights: dict[str, Any], where: str, device=None) -> None:
+    """Put ``weights`` into ``module`` (one-line ArtifactError if they do not fit), for inference on ``device``."""
     try:
         module.load_state_dict(weights)
     except RuntimeError as exc:
