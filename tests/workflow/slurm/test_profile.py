@@ -121,7 +121,7 @@ def test_scontrol_parsers():
 @pytest.mark.slow
 def test_dry_run_shows_sbatch_resources(tmp_path):
     """`snakemake --profile slurm -n` on the plumbing workflow (no SLURM binaries needed)."""
-    plumbing = REPO / "tests" / "slurm" / "plumbing"
+    plumbing = Path(__file__).with_name("plumbing")
     out = subprocess.run(
         [
             sys.executable,
