@@ -74,6 +74,7 @@ def finished_artifacts(results: Path) -> dict[str, float]:
     return {str(p.relative_to(results)): p.stat().st_mtime for p in results.rglob("*")
             if p.is_file() and p.suffix in (".h5", ".pt", ".json") and not p.name.endswith(".prov.json")
             and not p.name.endswith(".resume.pt")  # intra-iteration training state, deleted when done
+            and not p.parent.name.endswith(".blocks")  # an E-step shard's finished blocks, likewise
             and Path(str(p) + ".prov.json").exists() and ".config" not in p.parts
             and p.resolve() not in incomplete}
 

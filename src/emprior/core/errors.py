@@ -19,3 +19,9 @@ class DataError(EmpriorError):
 
 class NumericalError(EmpriorError):
     """NaN/Inf appeared in sampling or training."""
+
+
+class Preempted(EmpriorError):
+    """The job got SIGTERM (SLURM's warning before its time limit) and stopped after saving what it had
+    done (the M-step's resume state, the E-step's finished blocks); a rerun continues from there.
+    The CLI prints ``preempted: <message>`` and exits with status 143 (128 + SIGTERM)."""

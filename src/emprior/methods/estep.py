@@ -4,18 +4,27 @@ drawn block by block with the method's posterior denoiser and the experiment's d
 The observations are split into fixed blocks of ``estep.block_size``, each with its own seed
 (``derive_seed(seed, experiment, variant, iteration, "estep", block)``); shards are contiguous runs of
 blocks, so the samples do not depend on the number of shards.
+
+With ``partial`` (the estep_shard job: ``shard_j.h5.blocks/``) every finished block is written to
+``block_<b>.h5`` there (atomically, checksummed, with its seed and the ``key`` of what made it: model,
+observations and config checksums); a rerun reuses the blocks whose seed and key match and recomputes
+the rest, so a shard killed or preempted (SIGTERM: stop after the current block) loses at most one
+block and still ends with the same samples, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from emprior.core.errors import NumericalError
+from emprior.core import preempt
+from emprior.core.artifacts import load_h5, save_h5
+from emprior.core.errors import ArtifactError, NumericalError, Preempted
 from emprior.core.log import get_logger
 from emprior.diffusion.samplers import sample
 from emprior.diffusion.schedule import Schedule
@@ -62,40 +71,93 @@ def merge_stats(stats: list[dict[str, Any]]) -> dict[str, float]:
     return {k: (float(sum(v)) if k in COUNTERS else sum(v) / len(v)) for k, v in values.items()}
 
 
+def block_path(partial: str | Path, block: int) -> Path:
+    return Path(partial) / f"block_{block:05d}.h5"
+
+
+def load_block(path: Path, seed: int, key: dict[str, str], n_rows: int
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]] | None:
+    """A finished block's (x, residual ratios, solver statistics) if ``path`` holds one made with
+    this ``seed`` and ``key`` (and intact); None (recompute it) otherwise."""
+    if not path.exists():
+        return None
+    try:
+        data, attrs = load_h5(path, rule="estep_shard (finished block)")
+    except ArtifactError as exc:
+        log.warning("%s: unusable, recomputed (%s)", path.name, exc)
+        return None
+    # str(): load_h5 decodes attributes that read as JSON (a seed "123" comes back as 123)
+    made = {k: str(attrs.get(k)) for k in key}
+    if str(attrs.get("seed")) != str(seed) or made != key or len(data.get("x", ())) != n_rows:
+        log.info("%s: made with another seed, model, observations or config; recomputed", path.name)
+        return None
+    return torch.from_numpy(data["x"]), torch.from_numpy(data["residual_ratio"]), dict(attrs["solver"])
+
+
+@preempt.stops_on_sigterm(when="partial")
 def run_estep(prior, method, obs, job: Job, blocks: list[int], shard: int = 0, progress: bool = False,
-              stream: str = "estep") -> dict[str, Any]:
+              stream: str = "estep", partial: str | Path | None = None,
+              key: dict[str, str] | None = None) -> dict[str, Any]:
     """Posterior samples x ~ q_{k-1}(x | y, A) for the observations in ``blocks`` on the job's device;
     ``stream`` names the random stream (the E-step's own, or another for draws that must not reuse its
-    noise). Returned tensors are on the CPU."""
+    noise). Returned tensors are on the CPU.
+
+    ``partial``: folder of finished blocks, reused where their seed and ``key`` (name -> checksum of
+    what the samples depend on) match; with it, SIGTERM stops after the current block (written) with
+    :class:`~emprior.core.errors.Preempted`."""
     exp_cfg = job.exp
     est = exp_cfg["estep"]
     schedule = Schedule(**exp_cfg["schedule"])
-    device = job.device
     bs = est["block_size"]
     n = len(obs)
     xs, idx, ratios, seeds, stats = [], [], [], [], []
     start = time.perf_counter()
+    key = {k: str(v) for k, v in (key or {}).items()}
     for b in blocks:
         rows = np.arange(b * bs, min((b + 1) * bs, n))
-        op = obs.op[rows] if len(obs.op) > 1 else obs.op
-        y = obs.y[rows].to(device)
-        post = method.posterior(prior, op, y)
-        gen = job.generator(stream, b)
-        seeds.append(job.derive_seed(stream, b))
-        x_T = schedule.sigma_max * torch.randn((len(rows), *obs.x_shape), generator=gen, device=device)
-        try:
-            x = sample(post, x_T, schedule, est["steps"], est["sampler"], corrections=est.get("corrections", 0),
-                       tau=est.get("tau", 0.1), eta=est.get("eta", 1.0), generator=gen, progress=progress)
-        except NumericalError as exc:
-            raise NumericalError(f"E-step {job.experiment}/{job.variant} iteration {job.iteration}, shard {shard}, "
-                                 f"block {b}: {exc}") from None
-        xs.append(x.float().cpu())
+        seed = job.derive_seed(stream, b)
+        done = load_block(block_path(partial, b), seed, key, len(rows)) if partial else None
+        if done is not None:
+            x_b, ratio_b, stats_b = done
+            log.info("block %d: %d observations, reused from %s", b, len(rows), block_path(partial, b))
+        else:
+            x_b, ratio_b, stats_b = _sample_block(prior, method, obs, job, schedule, est, rows, stream, b, shard,
+                                                  progress)
+            if partial:
+                save_h5(block_path(partial, b), {"x": x_b, "residual_ratio": ratio_b},
+                        attrs={"block": b, "seed": str(seed), "solver": merge_stats([stats_b]), **key})
+        xs.append(x_b)
         idx.append(rows)
-        ratios.append(residual_ratio(op, y, x).float().cpu())
-        stats.append(dict(getattr(post, "stats", {})))
-        log.info("block %d: %d observations, mean residual ratio %.3g", b, len(rows), float(ratios[-1].mean()))
+        ratios.append(ratio_b)
+        seeds.append(seed)
+        stats.append(stats_b)
+        if partial and preempt.requested() and b != blocks[-1]:
+            raise Preempted(f"E-step {job.experiment}/{job.variant} iteration {job.iteration}, shard {shard}: "
+                            f"SIGTERM, stopped after block {b} ({len(xs)} of {len(blocks)} blocks saved in "
+                            f"{partial}); a rerun reuses them")
     elapsed = time.perf_counter() - start
     x_all = torch.cat(xs) if xs else torch.empty((0, *obs.x_shape))
     return {"x": x_all, "index": np.concatenate(idx) if idx else np.zeros(0, np.int64),
             "residual_ratio": torch.cat(ratios) if ratios else torch.empty(0),
             "block_seeds": seeds, "blocks": blocks, "solver": merge_stats(stats), "seconds": elapsed}
+
+
+def _sample_block(prior, method, obs, job: Job, schedule: Schedule, est: dict[str, Any], rows: np.ndarray,
+                  stream: str, b: int, shard: int, progress: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """One block's posterior samples and residual ratios (on the CPU) and its solver statistics."""
+    device = job.device
+    op = obs.op[rows] if len(obs.op) > 1 else obs.op
+    y = obs.y[rows].to(device)
+    post = method.posterior(prior, op, y)
+    gen = job.generator(stream, b)
+    x_T = schedule.sigma_max * torch.randn((len(rows), *obs.x_shape), generator=gen, device=device)
+    try:
+        x = sample(post, x_T, schedule, est["steps"], est["sampler"], corrections=est.get("corrections", 0),
+                   tau=est.get("tau", 0.1), eta=est.get("eta", 1.0), generator=gen, progress=progress)
+    except NumericalError as exc:
+        raise NumericalError(f"E-step {job.experiment}/{job.variant} iteration {job.iteration}, shard {shard}, "
+                             f"block {b}: {exc}") from None
+    ratio = residual_ratio(op, y, x).float().cpu()
+    log.info("block %d: %d observations, mean residual ratio %.3g", b, len(rows), float(ratio.mean()))
+    return x.float().cpu(), ratio, dict(getattr(post, "stats", {}))

@@ -2,7 +2,10 @@
 functions' signatures (:mod:`emprior.pipeline.commands`), plus ``audit`` and ``validate-config``.
 
 Errors from bad input are printed as a single line ``error: ...`` naming the file, key or value, with
-exit status 2; nothing partial is left behind (artifacts are written atomically)."""
+exit status 2; nothing partial is left behind (artifacts are written atomically). A job stopped by
+SIGTERM (SLURM's warning before its time limit) after saving its progress prints one line
+``preempted: ...`` and exits with status 143 (:data:`emprior.core.preempt.EXIT_PREEMPTED`), so that
+Snakemake's retry continues from the saved state."""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from emprior.core.errors import EmpriorError
+from emprior.core.errors import EmpriorError, Preempted
+from emprior.core.preempt import EXIT_PREEMPTED
 from emprior.pipeline.commands import COMMANDS, Command
 
 # the modules whose functions are the rule commands
@@ -125,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return run(args)
+    except Preempted as exc:
+        print(f"preempted: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except EmpriorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

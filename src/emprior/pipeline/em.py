@@ -4,6 +4,9 @@ variant's EM method's (:mod:`emprior.methods`); these functions read inputs and 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,8 @@ def init_prior(job: Job, observations: str, out: str, clean: str | None = None) 
 
 @command("estep", ids=("experiment", "variant", "iteration"))
 def estep(job: Job, shard: int, model: str, observations: str, out: str) -> None:
-    """rule estep_shard: posterior samples of one shard -> shard_j.h5"""
+    """rule estep_shard: posterior samples of one shard -> shard_j.h5 (finished blocks kept in
+    shard_j.h5.blocks/ until the shard is written; SIGTERM stops after the current block)"""
     from emprior.data.observations import load_observations
     from emprior.methods.estep import run_estep, shard_blocks
     from emprior.priors.checkpoint import load_prior
@@ -54,13 +58,21 @@ def estep(job: Job, shard: int, model: str, observations: str, out: str) -> None
         obs = obs.subset(np.asarray(subset))
     est = job.exp["estep"]
     blocks = shard_blocks(len(obs), est["block_size"], est["shards"], shard)
-    res = run_estep(prior, method, obs, job, blocks, shard=shard)
+    # finished blocks go to shard_j.h5.blocks/ (kept when the job dies or is preempted; a rerun reuses
+    # those made from the same model, observations and config, whatever the number of shards)
+    partial = str(out) + ".blocks"
+    exp_cfg = {**job.exp, "estep": {k: v for k, v in est.items() if k != "shards"}}
+    key = {"model_sha256": verify(model)["sha256"], "observations_sha256": verify(observations)["sha256"],
+           "config_sha256": hashlib.sha256(json.dumps({"experiment": exp_cfg, "variant": job.var}, sort_keys=True,
+                                                      default=str).encode()).hexdigest()}
+    res = run_estep(prior, method, obs, job, blocks, shard=shard, partial=partial, key=key)
     if subset is not None:
         res["index"] = np.asarray(subset)[res["index"]]
     save_h5(out, {"x": res["x"], "index": res["index"], "residual_ratio": res["residual_ratio"]},
             attrs={"blocks": res["blocks"], "block_seeds": [str(s) for s in res["block_seeds"]],
                    "solver": res["solver"], "shard": shard, "shards": est["shards"], "iteration": job.iteration},
             provenance=job.provenance("estep_shard", shard=shard), runtime={"seconds": res["seconds"]})
+    shutil.rmtree(partial, ignore_errors=True)
 
 
 @command("gather", ids=("experiment", "variant", "iteration"), torch=False)

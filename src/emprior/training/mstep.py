@@ -4,7 +4,9 @@ optimiser (Appendix C: Adam, linear learning-rate decay, gradient-norm clipping,
 
 Training is resumable: every ``checkpoint_every`` steps the full state (weights, optimiser, EMA,
 RNG, loss history) goes to ``<out>.resume.pt`` (not a declared output, so Snakemake keeps it when a
-job dies); a rerun continues from it and gives the same weights as an uninterrupted run.
+job dies); a rerun continues from it and gives the same weights as an uninterrupted run. On SIGTERM
+(SLURM's warning before the time limit) the current step finishes, the same state is saved at once
+and :class:`~emprior.core.errors.Preempted` is raised (exit status 143), so the retry loses nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from emprior.core.artifacts import load_torch, save_torch
 from emprior.diffusion.ema import EMA
 from emprior.diffusion.loss import dsm_loss
 from emprior.diffusion.schedule import Schedule
-from emprior.core.errors import ArtifactError, NumericalError
+from emprior.core import preempt
+from emprior.core.errors import ArtifactError, NumericalError, Preempted
 from emprior.core.log import get_logger
 
 log = get_logger("emprior.training.mstep")
@@ -63,6 +66,7 @@ def augment(x: torch.Tensor, kinds: list[str], generator: torch.Generator) -> to
     return x
 
 
+@preempt.stops_on_sigterm(when="resume_path")
 def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Schedule, mstep: dict[str, Any],
                    generator: torch.Generator, resume_path: str | Path | None = None,
                    progress: bool = False, context: str = "M-step",
@@ -71,7 +75,10 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
 
     ``loss_fn(denoiser, x, schedule, generator, step)`` replaces the unconditional DSM loss (Eq. 4) for a
     model with another signature (DiffEM's conditional denoiser); it must draw its randomness from
-    ``generator`` or from the step number, so that a resumed run stays identical."""
+    ``generator`` or from the step number, so that a resumed run stays identical.
+
+    With ``resume_path``, SIGTERM (main thread only) finishes the current step, saves the resume state
+    and raises :class:`~emprior.core.errors.Preempted`."""
     steps = n_steps(mstep, len(data))
     # foreach: one multi-tensor update instead of a Python loop over the parameters (not PyTorch's CPU default).
     opt = torch.optim.Adam(denoiser.parameters(), lr=mstep["lr"], weight_decay=mstep.get("weight_decay", 0.0),
@@ -130,11 +137,16 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
         if len(running) == chunk:
             losses.append(sum(running) / len(running))
             running = []
-        if resume is not None and (step + 1) % every == 0 and step + 1 < steps:
+        # SIGTERM (flag set by preempt's handler): the same state is saved at once and training stops
+        stop = resume is not None and preempt.requested() and step + 1 < steps
+        if resume is not None and ((step + 1) % every == 0 and step + 1 < steps or stop):
             save_torch(resume, {"model": denoiser.state_dict(), "optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema else {},
                                 "generator": generator.get_state(), "losses": losses, "running": running,
                                 "step": step + 1})
+        if stop:
+            raise Preempted(f"{context}: SIGTERM, stopped after step {step + 1}/{steps}; resume state saved "
+                            f"to {resume}, a rerun continues from it")
     if running:
         losses.append(sum(running) / len(running))
     denoiser.eval()

@@ -67,6 +67,13 @@ def test_gpus_go_to_gpu_rules_only(profile):
     assert not NON_GPU_RULES & set(set_res)
 
 
+def test_long_gpu_rules_get_sigterm_before_their_time_limit(profile):
+    # not B: (the batch shell only; emprior runs inside the srun job step), see the profile's comment
+    for rule in ("estep_shard", "mstep"):
+        extra = profile["set-resources"][rule]["slurm_extra"]
+        assert re.fullmatch(r"'--signal=TERM@\d+'", extra), (rule, extra)
+
+
 def test_threads_match_cpus_per_task(profile):
     # sbatch -c comes from cpus_per_task, the command's --threads from set-threads: they must agree.
     assert profile["set-threads"] == {r: res["cpus_per_task"] for r, res in profile["set-resources"].items()}
