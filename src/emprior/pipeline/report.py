@@ -132,19 +132,18 @@ def posterior_figure(job: Job, observations: str, clean: str, out: str, posterio
                      shown: int = POSTERIOR_OBSERVATIONS) -> None:
     """rule posterior_figure: posterior samples along EM iterations beside the observations (Figs. 8-10)"""
     from emprior.data.observations import load_clean, load_observations
-    from emprior.report.figures import (display_range, observation_images, pick_observations, posterior_figure,
-                                        sorted_runs)
+    from emprior.report import figures as figs
 
     obs = load_observations(observations)
     x_clean = load_clean(clean)
     loaded = [(v, k, load_h5(p, rule="gather_posterior")[0]) for (v, k), p in
-              sorted_runs(posteriors, list(job.exp["variants"]))]
-    rows = pick_observations([d["index"] for _, _, d in loaded], len(obs), shown)
+              figs.sorted_runs(posteriors, list(job.exp["variants"]))]
+    rows = figs.pick_observations([d["index"] for _, _, d in loaded], len(obs), shown)
     by_variant: dict[str, dict[int, dict[int, object]]] = {}
     for v, k, d in loaded:
         where = {int(i): j for j, i in enumerate(d["index"])}
         by_variant.setdefault(v, {})[k] = {int(r): d["x"][where[int(r)]] for r in rows if int(r) in where}
-    y_img, y_title = observation_images(obs, rows)
-    posterior_figure(y_img, y_title, x_clean[obs.index[rows]], rows, by_variant, _labels(job),
-                     display_range(x_clean), out, job.provenance("posterior_figure"),
-                     f"{job.experiment}: posterior samples x ~ q_(k-1)(x | y) of the E-step of iteration k")
+    y_img, y_title = figs.observation_images(obs, rows)
+    figs.posterior_figure(y_img, y_title, x_clean[obs.index[rows]], rows, by_variant, _labels(job),
+                          figs.display_range(x_clean), out, job.provenance("posterior_figure"),
+                          f"{job.experiment}: posterior samples x ~ q_(k-1)(x | y) of the E-step of iteration k")
