@@ -1,7 +1,21 @@
 # Tables and figures, paper values side by side.
 
 
-localrules: table1, figures, fig3
+localrules: table1, figures, fig3, fig4, posterior_figure
+
+
+def is_image_experiment(name):
+    return config["experiments"][name]["dataset"]["name"] != "manifold"
+
+
+def figure_option(key):
+    from emprior.report.figures import figure_option as option
+
+    return option(config, key)
+
+
+def estep_variants(experiment):
+    return [v for v in variants_of(experiment) if has_stage(experiment, v, "estep")]
 
 
 def report_targets():
@@ -17,6 +31,12 @@ def report_targets():
         targets += [f"{R}/tables/table5.{ext}" for ext in ("csv", "md")]
     if "table1" in config.get("tables", {}):
         targets += [f"{R}/tables/table1.{ext}" for ext in ("csv", "md", "tex")]
+        for name in config["tables"]["table1"]["experiments"]:
+            targets.append(f"{R}/figures/fig4_{name}.png")
+            if is_image_experiment(name):
+                targets += [f"{R}/figures/fig5_{name}.png", f"{R}/figures/fig5_{name}.h5"]
+                if estep_variants(name):
+                    targets.append(f"{R}/figures/posterior_{name}.png")
     return targets
 
 
@@ -73,3 +93,66 @@ rule fig3:
     shell:
         "{PY} fig3 --config {params.cfg} --experiment {wildcards.experiment} --clean {input.clean}"
         " --out {output} {input.samples} > {log} 2>&1"
+
+
+rule fig4:
+    input:
+        lambda wc: all_iteration_metrics(wc.experiment),
+    output:
+        f"{R}/figures/fig4_{{experiment}}.png",
+    params:
+        cfg=cfg_global,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/fig4_{{experiment}}.log",
+    shell:
+        "{PY} fig4 --config {params.cfg} --experiment {wildcards.experiment} --out {output} {input}"
+        " > {log} 2>&1"
+
+
+rule fig5:
+    # samples every q_k once more (deterministic DDIM from one x_T): a compute job like prior_samples
+    input:
+        clean=f"{R}/{{experiment}}/data/clean.h5",
+        models=lambda wc: [f"{itdir(wc.experiment, v, k)}/model.pt" for v in variants_of(wc.experiment)
+                           for k in range(first_iteration(wc.experiment, v), n_iterations(wc.experiment) + 1)],
+    output:
+        png=f"{R}/figures/fig5_{{experiment}}.png",
+        h5=f"{R}/figures/fig5_{{experiment}}.h5",
+    params:
+        cfg=cfg_global,
+        n=lambda wc: figure_option("fig5_samples"),
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/fig5_{{experiment}}.log",
+    shell:
+        "{PY} fig5 --config {params.cfg} --experiment {wildcards.experiment} --clean {input.clean}"
+        " --out {output.png} --out-h5 {output.h5} --samples {params.n} --threads {threads} {input.models}"
+        " > {log} 2>&1"
+
+
+rule posterior_figure:
+    input:
+        observations=f"{R}/{{experiment}}/data/observations.h5",
+        clean=f"{R}/{{experiment}}/data/clean.h5",
+        posteriors=lambda wc: [f"{itdir(wc.experiment, v, k)}/posterior.h5" for v in estep_variants(wc.experiment)
+                               for k in range(1, n_iterations(wc.experiment) + 1)],
+    output:
+        f"{R}/figures/posterior_{{experiment}}.png",
+    params:
+        cfg=cfg_global,
+        n=lambda wc: figure_option("posterior_observations"),
+    conda:
+        ENV
+    log:
+        f"{R}/logs/posterior_figure_{{experiment}}.log",
+    shell:
+        "{PY} posterior-figure --config {params.cfg} --experiment {wildcards.experiment}"
+        " --observations {input.observations} --clean {input.clean} --out {output} --shown {params.n}"
+        " {input.posteriors} > {log} 2>&1"

@@ -62,7 +62,10 @@ def test_every_iteration_has_its_artifacts(run_dir):
                     assert len(m["estep"]["shards"]) == 2
                     assert m["mstep"]["loss"]["last"] > 0
     for name in ["tables/table1.csv", "tables/table1.md", "tables/table1.tex", "fig2/sinkhorn.csv",
-                 "figures/fig2_sinkhorn.png", "figures/fig3_manifold.png", "figures/digits_metrics.png"]:
+                 "figures/fig2_sinkhorn.png", "figures/fig3_manifold.png", "figures/digits_metrics.png",
+                 # Table 1's experiment (digits): Figs. 4, 5 and the posterior samples along iterations
+                 "figures/fig4_digits.png", "figures/fig5_digits.png", "figures/fig5_digits.h5",
+                 "figures/posterior_digits.png"]:
         assert (results / name).stat().st_size > 0, name
 
 

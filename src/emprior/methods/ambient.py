@@ -311,8 +311,9 @@ class Ambient(EMMethod):
                 "train": {"loss": result["loss"], "steps": result["steps"], "dropped": 0, "n_data": len(y)}}
         return ckpt, {"seconds": result["seconds"], "resumed_from": result["resumed_from"]}
 
-    def sample_prior(self, job: Job, prior: Prior, n: int, generator: torch.Generator) -> Tensor:
-        from emprior.diffusion.samplers import sample_prior
+    def sample_prior(self, job: Job, prior: Prior, n: int, generator: torch.Generator,
+                     x_T: Tensor | None = None) -> Tensor:
+        from emprior.diffusion.samplers import sample, sample_prior
         from emprior.diffusion.schedule import Schedule
 
         if prior.kind != "ambient":
@@ -323,6 +324,9 @@ class Ambient(EMMethod):
                                       self.options.sampling_mask, np.random.default_rng(seed))
         p = next(prior.module.parameters())
         ev = self.exp["evaluate"]
+        opts = {"corrections": ev.get("corrections", 0), "tau": ev.get("tau", 0.1), "eta": ev.get("eta", 1.0)}
+        if x_T is not None:  # the given initial noise (EMMethod.sample_prior); the masks still come from generator
+            return sample(den, x_T.to(device=p.device, dtype=p.dtype), Schedule(**self.exp["schedule"]),
+                          ev["steps"], ev["sampler"], generator=generator, **opts)
         return sample_prior(den, n, prior.x_shape, Schedule(**self.exp["schedule"]), ev["steps"], ev["sampler"],
-                            generator, device=p.device, dtype=p.dtype, corrections=ev.get("corrections", 0),
-                            tau=ev.get("tau", 0.1), eta=ev.get("eta", 1.0))
+                            generator, device=p.device, dtype=p.dtype, **opts)

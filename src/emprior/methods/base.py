@@ -79,8 +79,13 @@ class EMMethod:
         raise NotImplementedError(f"{type(self).__name__} has no M-step")
 
     # -- evaluation ----------------------------------------------------------------------------
-    def sample_prior(self, job: Job, prior: Prior, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n samples of q_k as the evaluation draws them (the ``evaluate`` sampler settings)."""
+    def sample_prior(self, job: Job, prior: Prior, n: int, generator: torch.Generator,
+                     x_T: torch.Tensor | None = None) -> torch.Tensor:
+        """n samples of q_k as the evaluation draws them (the ``evaluate`` sampler settings); from the
+        given initial noise ``x_T`` (n, *x_shape) instead of one drawn with ``generator`` when it is
+        given (Fig. 5: the same noise for every variant and iteration, then also for the Gaussian q_0)."""
+        if x_T is not None:
+            return prior.sample_from(x_T, self.exp, generator)
         return prior.sample(n, self.exp, generator)
 
     def validate(self, where: str) -> None:

@@ -8,6 +8,7 @@ from emprior.core.artifacts import load_h5
 from emprior.core.job import Job
 from emprior.core.rng import derive_seed
 from emprior.pipeline.commands import command
+from emprior.report.figures import FIG5_SAMPLES, POSTERIOR_OBSERVATIONS
 
 
 @command("fig2")
@@ -83,3 +84,66 @@ def fig3(job: Job, clean: str, out: str, samples: list[str]) -> None:
         k = int(re.search(r"iter_(\d+)", str(path)).group(1))
         by_iter[k] = load_h5(path, rule="prior_samples")[0]["x"]
     manifold_marginals(by_iter, load_clean(clean), out, job.provenance("fig3"))
+
+
+def _labels(job: Job) -> dict[str, str]:
+    """'<method label>: <variant>' of each variant of the job's experiment."""
+    from emprior.methods import make_method
+
+    exp = job.exp
+    return {v: f"{make_method(cfg, exp).label}: {v}" for v, cfg in exp["variants"].items()}
+
+
+@command("fig4", ids=("experiment",))
+def fig4(job: Job, out: str, metrics: list[str]) -> None:
+    """rule fig4: paper Fig. 4, the quality metric (FID / its CPU stand-in) along EM iterations per variant"""
+    from emprior.report.tables import metric_curves
+
+    metric_curves(job.config, job.experiment, metrics, out, job.provenance("fig4"), quality_only=True)
+
+
+@command("fig5", ids=("experiment",))
+def fig5(job: Job, clean: str, out: str, out_h5: str, models: list[str], samples: int = FIG5_SAMPLES) -> None:
+    """rule fig5: paper Fig. 5, deterministic DDIM samples of q_k along iterations from the same noise"""
+    import time
+
+    from emprior.core.artifacts import save_h5
+    from emprior.data.observations import load_clean
+    from emprior.report.figures import display_range, fig5_figure, fig5_samples
+
+    start = time.perf_counter()
+    x_T, by_variant = fig5_samples(job, models, samples)
+    steps = job.exp["evaluate"]["steps"]
+    datasets = {"x_T": x_T}
+    for v, by_k in by_variant.items():
+        iters = sorted(by_k)
+        datasets[f"{v}/iterations"] = iters
+        datasets[f"{v}/x"] = [by_k[k] for k in iters]
+    prov = job.provenance("fig5")
+    save_h5(out_h5, datasets, attrs={"sampler": "ddim", "eta": 0.0, "steps": steps, "variants": list(by_variant)},
+            provenance=prov, runtime={"seconds": time.perf_counter() - start})
+    fig5_figure(by_variant, _labels(job), display_range(load_clean(clean)), out, prov,
+                f"Fig. 5, {job.experiment}: q_k along EM iterations (rows), deterministic DDIM ({steps} steps, "
+                "eta 0) from the same x_T (columns)")
+
+
+@command("posterior-figure", ids=("experiment",))
+def posterior_figure(job: Job, observations: str, clean: str, out: str, posteriors: list[str],
+                     shown: int = POSTERIOR_OBSERVATIONS) -> None:
+    """rule posterior_figure: posterior samples along EM iterations beside the observations (Figs. 8-10)"""
+    from emprior.data.observations import load_clean, load_observations
+    from emprior.report import figures as figs
+
+    obs = load_observations(observations)
+    x_clean = load_clean(clean)
+    loaded = [(v, k, load_h5(p, rule="gather_posterior")[0]) for (v, k), p in
+              figs.sorted_runs(posteriors, list(job.exp["variants"]))]
+    rows = figs.pick_observations([d["index"] for _, _, d in loaded], len(obs), shown)
+    by_variant: dict[str, dict[int, dict[int, object]]] = {}
+    for v, k, d in loaded:
+        where = {int(i): j for j, i in enumerate(d["index"])}
+        by_variant.setdefault(v, {})[k] = {int(r): d["x"][where[int(r)]] for r in rows if int(r) in where}
+    y_img, y_title = figs.observation_images(obs, rows)
+    figs.posterior_figure(y_img, y_title, x_clean[obs.index[rows]], rows, by_variant, _labels(job),
+                          figs.display_range(x_clean), out, job.provenance("posterior_figure"),
+                          f"{job.experiment}: posterior samples x ~ q_(k-1)(x | y) of the E-step of iteration k")

@@ -50,6 +50,26 @@ class Prior:
                             ev["sampler"], generator, corrections=ev.get("corrections", 0), tau=ev.get("tau", 0.1),
                             eta=ev.get("eta", 1.0))
 
+    def sample_from(self, x_T: torch.Tensor, exp_cfg: dict[str, Any],
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Samples of q_k by reverse diffusion from the given initial noise ``x_T`` (n, *x_shape), at
+        sigma_max, with the ``evaluate`` sampler settings; the Gaussian q_0 too, through its exact
+        denoiser. With a deterministic sampler (DDIM, eta 0) the same x_T maps to comparable samples
+        of every q_k (Fig. 5). ``x_T`` is moved to the prior's device and dtype."""
+        from emprior.diffusion.samplers import sample
+        from emprior.diffusion.schedule import Schedule
+
+        if self.gaussian is not None:
+            like = self.gaussian.mean
+        else:
+            like = next(iter(self.module.parameters()), None) if self.module is not None else None
+        if like is not None:
+            x_T = x_T.to(device=like.device, dtype=like.dtype)
+        ev = exp_cfg["evaluate"]
+        return sample(self.denoiser, x_T, Schedule(**exp_cfg["schedule"]), ev["steps"], ev["sampler"],
+                      corrections=ev.get("corrections", 0), tau=ev.get("tau", 0.1), eta=ev.get("eta", 1.0),
+                      generator=generator)
+
 
 def gaussian_checkpoint(result, x_shape) -> dict[str, Any]:
     return {"kind": "gaussian", "x_shape": list(x_shape), "mean": result.mean.float(), "U": result.U.float(),
