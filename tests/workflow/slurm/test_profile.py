@@ -21,6 +21,7 @@ GPU_RULES = {
     "estep_check",
     "mstep",
     "prior_samples",
+    "fig5",
     "iteration_metrics",
     "table4",
     "table5",
