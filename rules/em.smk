@@ -28,6 +28,17 @@ def shard_files(wc):
             for j in range(n_shards(wc.experiment))]
 
 
+def mstep_gpus(wc):
+    """GPUs of the M-step job (``mstep.gpus``, default 1): SLURM's --gpus, and the launcher's processes."""
+    return int(exp_cfg(wc)["mstep"].get("gpus", 1))
+
+
+def mstep_launcher(wc):
+    """``python -m emprior`` for one GPU; torchrun with one process per GPU (DDP, one node) for several."""
+    n = mstep_gpus(wc)
+    return PY if n == 1 else f"torchrun --standalone --nproc-per-node {n} -m emprior"
+
+
 def init_inputs(wc):
     inputs = {"observations": f"{R}/{wc.experiment}/data/observations.h5"}
     if method(wc.experiment, wc.variant).init_needs_clean:  # e.g. EMDiffusion's clean subset
@@ -106,10 +117,13 @@ rule mstep:
     params:
         cfg=cfg_em,
         inputs=optional_inputs("posterior", "observations", "previous"),
+        launcher=mstep_launcher,
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 240 * attempt,
+        # here, not in slurm/config.yaml's set-resources (which would override it): read from the config
+        gpu=mstep_gpus,
     conda:
         ENV
     log:
@@ -117,6 +131,7 @@ rule mstep:
     benchmark:
         f"{R}/benchmarks/{{experiment}}/{{variant}}/iter_{{k}}/mstep.tsv"
     shell:
-        "{PY} mstep --config {params.cfg} --experiment {wildcards.experiment} --variant {wildcards.variant}"
+        "{params.launcher} mstep --config {params.cfg} --experiment {wildcards.experiment}"
+        " --variant {wildcards.variant}"
         " --iteration {wildcards.k} {params.inputs} --out {output}"
         " --threads {threads} > {log} 2>&1"

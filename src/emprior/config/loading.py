@@ -65,6 +65,9 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
         mstep = exp["mstep"]
         if ("steps" in mstep) == ("epochs" in mstep):
             raise ConfigError(f"{source}: {where}.mstep: set exactly one of 'steps' or 'epochs'")
+        if mstep["batch_size"] % mstep.get("gpus", 1):
+            raise ConfigError(f"{source}: {where}.mstep: batch_size ({mstep['batch_size']}) must be divisible "
+                              f"by gpus ({mstep['gpus']}): every GPU takes an equal share of each batch")
         if exp["estep"]["shards"] > 1 and exp["estep"]["block_size"] < 1:
             raise ConfigError(f"{source}: {where}.estep.block_size must be >= 1")
         _check_plugins(exp, f"{source}: {where}")

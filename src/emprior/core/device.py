@@ -1,7 +1,9 @@
 """The device a job computes on, chosen once per job from the config key ``device``.
 
 ``auto`` is CUDA when it is available, else the CPU; ``cuda`` without a GPU is a one-line error (a job
-that silently fell back to the CPU would take days at paper scale). Models, tensors and random
+that silently fell back to the CPU would take days at paper scale). In a worker of a multi-process
+job (torchrun, :mod:`emprior.core.distributed`) ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK``: one GPU
+per process; ``cpu`` keeps every worker on the CPU (gloo). Models, tensors and random
 generators are made on this device; artifacts are always written from CPU tensors
 (:mod:`emprior.core.artifacts`), so a file's bytes do not depend on where it was computed.
 """
@@ -23,7 +25,11 @@ def select_device(name: str | None = "auto") -> torch.device:
     """``auto | cpu | cuda`` (or ``cuda:N``) -> torch.device."""
     import torch
 
+    from emprior.core import distributed
+
     name = "auto" if name is None else str(name)
+    if distributed.active() and name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", distributed.local_rank())
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":

@@ -112,7 +112,12 @@ def run(args: argparse.Namespace) -> int:
     if cmd.torch:
         import torch
 
-        torch.set_num_threads(args.threads or config.get("torch_threads", 1))
+        threads = args.threads or config.get("torch_threads", 1)
+        from emprior.core import distributed
+
+        if distributed.active():  # torchrun: the job's cores are shared by its processes on this node
+            threads = max(1, threads // distributed.local_world_size())
+        torch.set_num_threads(threads)
         # Subnormal floats (SiLU of very negative inputs, tiny gradients) slow CPU kernels a lot
         # (benchmarks/denormals.py measures it).
         torch.set_flush_denormal(True)

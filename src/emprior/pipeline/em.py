@@ -100,9 +100,22 @@ def gather(job: Job, out: str, shards: list[str]) -> None:
 @command("mstep", ids=("experiment", "variant", "iteration"))
 def mstep(job: Job, out: str, posterior: str | None = None, observations: str | None = None,
           previous: str | None = None) -> None:
-    """rule mstep: the method's M-step on posterior.h5 (or on the observations) -> model.pt"""
+    """rule mstep: the method's M-step on posterior.h5 (or on the observations) -> model.pt
+
+    Under ``torchrun`` (``mstep.gpus`` > 1) every rank trains (:mod:`emprior.training.mstep`) and rank 0
+    alone writes model.pt and removes the resume state."""
+    from emprior.core import distributed
+
+    try:
+        _mstep(job, out, posterior, observations, previous)
+    finally:
+        distributed.shutdown()
+
+
+def _mstep(job: Job, out: str, posterior: str | None, observations: str | None, previous: str | None) -> None:
     import torch
 
+    from emprior.core import distributed
     from emprior.data.observations import load_observations
     from emprior.priors.checkpoint import load_prior
 
@@ -119,6 +132,10 @@ def mstep(job: Job, out: str, posterior: str | None = None, observations: str | 
     prev = load_prior(previous, rule="mstep") if previous else None
     resume = str(out) + ".resume.pt"
     ckpt, runtime = method.mstep(job, data, prev, obs, resume)
+    if not distributed.is_main():
+        return
+    if distributed.active():
+        runtime = {**runtime, "processes": distributed.world_size()}
     save_torch(out, ckpt, job.provenance("mstep"), runtime=runtime)
     Path(resume).unlink(missing_ok=True)
     Path(resume + ".prov.json").unlink(missing_ok=True)

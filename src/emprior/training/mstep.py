@@ -7,6 +7,25 @@ RNG, loss history) goes to ``<out>.resume.pt`` (not a declared output, so Snakem
 job dies); a rerun continues from it and gives the same weights as an uninterrupted run. On SIGTERM
 (SLURM's warning before the time limit) the current step finishes, the same state is saved at once
 and :class:`~emprior.core.errors.Preempted` is raised (exit status 143), so the retry loses nothing.
+
+Several GPUs (``mstep.gpus: N``: the rule launches ``torchrun --standalone --nproc-per-node N``): every
+rank holds the same generator state, so every rank draws the same global batch, augmentations and
+noise; only the network evaluation is split, rank r computing rows [r B/N, (r+1) B/N) of the batch
+through DistributedDataParallel (:class:`RowShard`). The outputs are all-gathered (detached), so each
+rank evaluates the loss of the whole global batch, bit-identical on every rank; the gradient flows
+through the rank's own rows only, and DDP's gradient average (scaled back by N) is the gradient of the
+global-batch loss. The trajectory therefore does not depend on N except through float reduction order
+(the network on B/N instead of B rows, the all-reduce of the gradients); the optimiser, clipping (of
+the already all-reduced gradients: the global norm), lr schedule and EMA are the same on every rank.
+Dropout masks come from each rank's default generator (reseeded per rank), so with dropout > 0 the
+trajectories of 1 and N ranks agree in distribution only. Rank 0 alone writes the resume state (the
+ranks wait for it); on a rerun every rank loads the same file.
+
+Data loading: the training data is one tensor on the job's device (moved there once by the caller, e.g.
+:func:`emprior.methods.stages.denoiser_mstep`) and batches are gathered on the device with indices drawn
+on the device, so there is no host-to-device copy (nor pinned memory or loader workers to feed one)
+and no host synchronisation per step except ``loss.item()`` (needed to stop on a non-finite loss
+before it reaches the weights, and for the loss history); the pad-and-crop offsets stay on the device.
 """
 
 from __future__ import annotations
@@ -19,6 +38,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
+from emprior.core import distributed
 from emprior.core.artifacts import load_torch, save_torch
 from emprior.diffusion.ema import EMA
 from emprior.diffusion.loss import dsm_loss
@@ -61,9 +81,63 @@ def augment(x: torch.Tensor, kinds: list[str], generator: torch.Generator) -> to
     if "pad_crop" in kinds:
         pad = max(1, x.shape[-1] // 8)
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-        dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator, device=generator.device).tolist()
-        x = padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
+        dxy = torch.randint(0, 2 * pad + 1, (2,), generator=generator, device=generator.device)
+        # the crop by index_select with the offsets on the device: no device-to-host copy of (dx, dy)
+        h, w = x.shape[-2], x.shape[-1]
+        rows = torch.arange(h, device=padded.device) + dxy[1]
+        cols = torch.arange(w, device=padded.device) + dxy[0]
+        x = padded.index_select(-2, rows).index_select(-1, cols)
     return x
+
+
+class RowShard:
+    """The network as the loss sees it on one rank of a multi-process M-step: called on a global batch
+    (every tensor argument whose first dimension is the batch size B is sliced; others pass as they
+    are), it runs the DDP module on this rank's rows [r B/N, (r+1) B/N) and returns the outputs of all B
+    rows, the other ranks' rows all-gathered and detached. One call per step (DDP's reducer expects one
+    forward per backward)."""
+
+    def __init__(self, ddp: torch.nn.Module, rank: int, world: int):
+        self.ddp, self.rank, self.world = ddp, rank, world
+
+    def __getattr__(self, name: str) -> Any:  # attributes of the wrapped network (e.g. ``channels``)
+        return getattr(self.ddp.module, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
+        b = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 0).shape[0]
+        lo, hi = self.rank * b // self.world, (self.rank + 1) * b // self.world
+
+        def cut(a: Any) -> Any:
+            return a[lo:hi] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == b else a
+
+        own = self.ddp(*map(cut, args), **{k: cut(v) for k, v in kwargs.items()})
+        parts = [torch.empty_like(own) for _ in range(self.world)]
+        dist.all_gather(parts, own.detach().contiguous())
+        parts[self.rank] = own
+        return torch.cat(parts)
+
+
+def shard_model(denoiser: torch.nn.Module, mstep: dict[str, Any], context: str) -> RowShard:
+    """Join the process group and wrap ``denoiser`` (already on this rank's device) for this rank."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from emprior.core.errors import ConfigError
+    from emprior.core.rng import derive_seed
+
+    world, rank = distributed.world_size(), distributed.rank()
+    if mstep["batch_size"] % world:
+        raise ConfigError(f"{context}: mstep.batch_size {mstep['batch_size']} is not divisible by the "
+                          f"{world} processes of the M-step (mstep.gpus)")
+    device = next(denoiser.parameters()).device
+    distributed.setup(device)
+    if rank:  # dropout etc. draw from the default generator: not the same masks on every rank
+        torch.manual_seed(derive_seed(torch.initial_seed(), "rank", rank))
+    ddp = DistributedDataParallel(denoiser, device_ids=[device] if device.type == "cuda" else None)
+    log.info("%s: rank %d of %d on %s, %d of the %d rows of every batch", context, rank, world, device,
+             mstep["batch_size"] // world, mstep["batch_size"])
+    return RowShard(ddp, rank, world)
 
 
 @preempt.stops_on_sigterm(when="resume_path")
@@ -113,20 +187,24 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
             log.warning("%s: ignoring unusable resume state %s (%s)", context, resume, exc)
             start_step = 0
     denoiser.train()
+    # the loss's network: ``denoiser`` itself, or this rank's share of it in a multi-process M-step
+    world = distributed.world_size() if distributed.active() else 1
+    model = denoiser if world == 1 else shard_model(denoiser, mstep, context)
     begin = time.perf_counter()
     for step in tqdm(range(start_step, steps), desc=context, disable=not progress, initial=start_step,
                      total=steps):
         i = torch.randint(0, len(data), (mstep["batch_size"],), generator=generator, device=generator.device)
         x = augment(data[i], mstep.get("augment", []), generator)
         if loss_fn is None:
-            loss = dsm_loss(denoiser, x, schedule, generator=generator)
+            loss = dsm_loss(model, x, schedule, generator=generator)
         else:
-            loss = loss_fn(denoiser, x, schedule, generator, step)
+            loss = loss_fn(model, x, schedule, generator, step)
         value = loss.item()
         if not math.isfinite(value):
             raise NumericalError(f"{context}: non-finite loss at step {step}/{steps}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # with N ranks each gradient holds the rank's rows only and DDP averages them: x N is the sum
+        (loss if world == 1 else loss * world).backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
@@ -140,11 +218,13 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
         # SIGTERM (flag set by preempt's handler): the same state is saved at once and training stops
         stop = resume is not None and preempt.requested() and step + 1 < steps
         if resume is not None and ((step + 1) % every == 0 and step + 1 < steps or stop):
-            save_torch(resume, {"model": denoiser.state_dict(), "optimizer": opt.state_dict(),
-                                "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema else {},
-                                "generator": generator.get_state(), "losses": losses, "running": running,
-                                "step": step + 1})
-        if stop:
+            if distributed.is_main():  # the ranks' states are identical: rank 0 writes, the others wait
+                save_torch(resume, {"model": denoiser.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema else {},
+                                    "generator": generator.get_state(), "losses": losses, "running": running,
+                                    "step": step + 1})
+            distributed.barrier()
+        if stop:  # torchrun forwards SIGTERM to every rank, so all ranks stop at the same step
             raise Preempted(f"{context}: SIGTERM, stopped after step {step + 1}/{steps}; resume state saved "
                             f"to {resume}, a rerun continues from it")
     if running:
