@@ -84,6 +84,21 @@ def parse_plan(text: str) -> Counter:
     return Counter(m.group(1) for m in re.finditer(r"^(?:local)?rule (\w+):\s*$", text, flags=re.MULTILINE))
 
 
+def plan_gpu_rules(text: str) -> set[str]:
+    """Rules whose planned jobs ask for a GPU in a ``snakemake -n`` log (``resources: ..., gpu=N``): the
+    profile's set-resources and the rules' own GPU resources (mstep: the config's mstep.gpus)."""
+    rules, rule = set(), None
+    for line in text.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):\s*$", line)
+        if m:
+            rule = m.group(1)
+        elif rule and line.strip().startswith("resources:"):
+            g = re.search(r"\bgpus?=(\d+)", line)
+            if g and int(g.group(1)) > 0:
+                rules.add(rule)
+    return rules
+
+
 def parse_scontrol(text: str) -> list[dict[str, str]]:
     """``scontrol -o show job`` (one job per line, space-separated key=value) -> list of dicts."""
     jobs = []
@@ -134,6 +149,7 @@ def check(args: argparse.Namespace) -> int:
     meta = json.loads((args.profile_dir / "meta.json").read_text())
     set_res: dict[str, dict] = prof.get("set-resources", {})
     gpu_rules = {r for r, res in set_res.items() if any(k in res for k in GPU_KEYS)}
+    gpu_rules |= plan_gpu_rules(args.plan.read_text())
     planned = parse_plan(args.plan.read_text())
     local = {r for r in args.expect_local.split(",") if r}
     run_log = args.run_log.read_text()

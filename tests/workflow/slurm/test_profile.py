@@ -63,7 +63,8 @@ def test_profile_top_level_settings(profile):
 def test_gpus_go_to_gpu_rules_only(profile):
     set_res = profile["set-resources"]
     assert set(set_res) == GPU_RULES
-    assert all(res["gpu"] == 1 for res in set_res.values())
+    # mstep's GPU count is the rule's own resource (the config's mstep.gpus): an entry here would override it
+    assert all(res["gpu"] == 1 for rule, res in set_res.items() if rule != "mstep") and "gpu" not in set_res["mstep"]
     assert not any(k in profile["default-resources"] for k in tools.GPU_KEYS)
     assert not NON_GPU_RULES & set(set_res)
 
@@ -103,11 +104,17 @@ def test_derived_test_profile_fits_the_node(tmp_path):
     mstep = derived["set-resources"]["mstep"]
     assert tools.eval_resource(mstep["mem_mb"], 3) == 4000
     assert tools.eval_resource(mstep["mem_mb"], 1) == int(64000 * 4000 / 192000)
-    assert mstep["gpu"] == 1 and mstep["cpus_per_task"] == 1 and derived["set-threads"]["mstep"] == 1
+    assert "gpu" not in mstep and mstep["cpus_per_task"] == 1 and derived["set-threads"]["mstep"] == 1
     assert tools.eval_resource(mstep["runtime"], 2) == 1440  # runtimes are kept
     assert derived["default-resources"]["slurm_partition"] == "debug"
     assert derived["slurm-status-command"] == "squeue" and "configfiles" not in derived
     assert json.loads((tmp_path / "meta.json").read_text()) == meta
+
+
+def test_gpu_rules_are_read_from_the_plan_too():
+    plan = ("rule mstep:\n    input: a\n    resources: mem_mb=1, gpu=4\n\nrule gather_posterior:\n"
+            "    resources: mem_mb=1\n\nlocalrule table1:\n    resources: tmpdir=/tmp\n")
+    assert tools.plan_gpu_rules(plan) == {"mstep"}
 
 
 def test_scontrol_parsers():
