@@ -59,7 +59,7 @@ class ToyEM(EMMethod):
 
     stages = ("init", "estep", "mstep")
 
-    def init_prior(self, job, obs):
+    def init_prior(self, job, obs, clean=None):
         d = int(np.prod(obs.x_shape))
         return ({"kind": "gaussian", "x_shape": list(obs.x_shape), "mean": torch.zeros(d), "U": torch.eye(d, 1),
                  "s": torch.zeros(1), "tau": float(self.options.scale) ** 2, "log_evidence": []}, {})

@@ -19,7 +19,8 @@ ENTRIES = [pytest.param(e, id=f"posterior-{e.name}") for e in POSTERIOR_SAMPLERS
 
 
 def test_the_plugins_are_registered():
-    assert sorted(POSTERIOR_SAMPLERS.names()) == ["diffpir", "dps", "mmps", "pigdm", "tmpd"]
+    # (other test files may register their own, e.g. tests/workflow/test_extending.py)
+    assert {"diffpir", "dps", "mmps", "pigdm", "tmpd"} <= set(POSTERIOR_SAMPLERS.names())
     assert DIFFUSION_SAMPLERS.names() == ["ddpm", "ddim", "pc"]
 
 
