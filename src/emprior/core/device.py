@@ -10,14 +10,13 @@ generators are made on this device; artifacts are always written from CPU tensor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from emprior.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
 
-DeviceName = Literal["auto", "cpu", "cuda"]
 CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 

@@ -108,7 +108,3 @@ def make_method(variant_cfg: dict[str, Any], exp_cfg: dict[str, Any], where: str
     method = cls(EM_METHODS.options(name, variant_cfg, where=where), exp_cfg)
     method.validate(where)
     return method
-
-
-def stages_of(variant_cfg: dict[str, Any]) -> tuple[str, ...]:
-    return EM_METHODS.get(variant_cfg.get("method"), where="variant.method").stages
