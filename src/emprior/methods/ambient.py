@@ -76,6 +76,7 @@ from torch import Tensor
 from emprior.core.errors import ArtifactError, ConfigError
 from emprior.core.log import get_logger
 from emprior.core.registry import option
+from emprior.diffusion.schedule import batch_sigma, expand_as_batch
 from emprior.methods.base import EM_METHODS, EMMethod
 from emprior.nets.conditional import ConditionalDenoiser
 
@@ -175,8 +176,6 @@ class AmbientDenoiser(ConditionalDenoiser):
     docstring). ``x_t`` is the masked noisy image A~ x_t, ``cond`` the mask A~ (channels broadcast)."""
 
     def forward(self, x_t: Tensor, cond: Tensor, sigma: Tensor | float) -> Tensor:
-        from emprior.diffusion.schedule import batch_sigma, expand_as_batch
-
         if cond.shape[0] != x_t.shape[0] or cond.shape[2:] != x_t.shape[2:]:
             raise ValueError(f"cond: shape {tuple(cond.shape)} does not match x_t {tuple(x_t.shape)} "
                              "(same batch and spatial sizes)")
