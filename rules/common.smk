@@ -41,23 +41,41 @@ def _dump(cfg):
 
 def cfg_data(wc):
     """Config of the data rules: only the dataset and observation sections matter."""
-    exp = config["experiments"][wc.experiment]
-    keep = {"seed": config["seed"], "results": R, "torch_threads": config.get("torch_threads", 1),
-            "experiments": {wc.experiment: {"dataset": exp["dataset"], "observation": exp["observation"]}}}
-    keep.update({k: config[k] for k in ("plugins", "device") if k in config})
-    return _dump(keep)
+    return _data_config(wc.experiment)
 
 
 def cfg_em(wc):
     """Config of the EM rules of one variant (evaluation settings excluded)."""
-    return _dump(job_config(config, wc.experiment, wc.variant, drop=("evaluate",)))
+    return _variant_config(wc.experiment, wc.variant, "em")
 
 
 def cfg_eval(wc):
-    return _dump(job_config(config, wc.experiment, wc.variant))
+    return _variant_config(wc.experiment, wc.variant, "eval")
 
 
 def cfg_global(wc=None):
+    return _global_config()
+
+
+# Each job config is written once and its path reused: the paper DAG asks for it thousands of times
+# (params of every shard job), and building it (deep copies, a digest) dominated the dry run.
+@functools.lru_cache(maxsize=None)
+def _data_config(experiment):
+    exp = config["experiments"][experiment]
+    keep = {"seed": config["seed"], "results": R, "torch_threads": config.get("torch_threads", 1),
+            "experiments": {experiment: {"dataset": exp["dataset"], "observation": exp["observation"]}}}
+    keep.update({k: config[k] for k in ("plugins", "device") if k in config})
+    return _dump(keep)
+
+
+@functools.lru_cache(maxsize=None)
+def _variant_config(experiment, variant, kind):
+    drop = ("evaluate",) if kind == "em" else ()
+    return _dump(job_config(config, experiment, variant, drop=drop))
+
+
+@functools.lru_cache(maxsize=None)
+def _global_config():
     return _dump(job_config(config))
 
 

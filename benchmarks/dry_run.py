@@ -1,0 +1,118 @@
+"""Time of the paper-scale dry run (``snakemake --profile slurm -n all``) beside Snakemake's own floor.
+
+    python benchmarks/dry_run.py [--repeats 3] [--out benchmarks/dry_run.json]
+
+Three dry runs, measured side by side in one run (best of ``--repeats`` wall and CPU seconds each):
+
+* ``paper``: the command users run, config/paper.yaml with every experiment and variant;
+* ``paper_diem``: the same profile and config without the peer methods (EMDiffusion, DiffEM,
+  AmbientDiffusion and their experiment cifar10_r60), i.e. the DiEM-only job set the suite planned
+  before the peers were added;
+* ``floor``: a generated Snakefile with as many trivial jobs as ``paper`` (one rule, a log and a
+  benchmark file each, no input functions, params or resources), planned by the same Snakemake with
+  the same executor: the part of the time that is Snakemake's per-job cost, not this workflow's.
+
+The job counts are read from Snakemake's own summary so that a changed DAG shows up here too.
+Run it on an idle machine: the numbers are wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ("emdiffusion", "diffem", "ambient")
+
+
+def snakemake_exe() -> str:
+    exe = Path(sys.executable).with_name("snakemake")
+    return str(exe) if exe.exists() else "snakemake"
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + sys of the child) and the planned job count of one dry run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"dry run failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    match = re.search(r"^total\s+(\d+)", proc.stdout + proc.stderr, flags=re.M)
+    return wall, cpu, int(match.group(1)) if match else -1
+
+
+def diem_only(config: dict) -> dict:
+    """config/paper.yaml without the peer methods' variants and the experiments left without DiEM."""
+    out = json.loads(json.dumps(config))
+    for name in list(out["experiments"]):
+        variants = out["experiments"][name]["variants"]
+        for v in [v for v, spec in variants.items() if spec.get("method") in PEERS]:
+            del variants[v]
+        if not variants or name == "cifar10_r60":
+            del out["experiments"][name]
+    tables = out.get("tables", {}).get("table1", {})
+    if tables:
+        tables["experiments"] = [e for e in tables["experiments"] if e in out["experiments"]]
+    return out
+
+
+def floor_snakefile(n_jobs: int, folder: Path) -> None:
+    (folder / "Snakefile").write_text(
+        f"rule all:\n    input: [f'out/{{i}}.txt' for i in range({n_jobs - 1})]\n\n"
+        "rule job:\n    output: 'out/{i}.txt'\n    log: 'logs/{i}.log'\n"
+        "    benchmark: 'bench/{i}.tsv'\n    threads: 1\n"
+        "    shell: 'echo {wildcards.i} > {output} 2> {log}'\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "dry_run.json")
+    args = parser.parse_args(argv)
+    smk = snakemake_exe()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        diem_cfg = tmp / "paper_diem.yaml"
+        diem_cfg.write_text(yaml.safe_dump(diem_only(yaml.safe_load((ROOT / "config/paper.yaml").read_text()))))
+        runs = {
+            "paper": ([smk, "--profile", "slurm", "-n", "all"], ROOT),
+            "paper_diem": ([smk, "--profile", "slurm", "--configfiles", str(diem_cfg), "-n", "all"], ROOT),
+        }
+        results: dict[str, dict] = {}
+        for name, (cmd, cwd) in runs.items():
+            best = min((timed(cmd, cwd) for _ in range(args.repeats)), key=lambda r: r[0])
+            results[name] = {"wall_s": round(best[0], 2), "cpu_s": round(best[1], 2), "jobs": best[2]}
+            print(f"{name:11s} {best[2]:5d} jobs  {best[0]:6.2f} s wall  {best[1]:6.2f} s CPU", flush=True)
+        floor_dir = tmp / "floor"
+        floor_dir.mkdir()
+        floor_snakefile(results["paper"]["jobs"], floor_dir)
+        cmd = [smk, "--executor", "slurm", "--jobs", "100", "-n", "all"]
+        best = min((timed(cmd, floor_dir) for _ in range(args.repeats)), key=lambda r: r[0])
+        results["floor"] = {"wall_s": round(best[0], 2), "cpu_s": round(best[1], 2), "jobs": best[2]}
+        print(f"{'floor':11s} {best[2]:5d} jobs  {best[0]:6.2f} s wall  {best[1]:6.2f} s CPU", flush=True)
+    for name in ("paper", "paper_diem"):
+        r = results[name]
+        r["ms_per_job"] = round(1000 * r["wall_s"] / max(r["jobs"], 1), 2)
+    results["floor"]["ms_per_job"] = round(1000 * results["floor"]["wall_s"] / max(results["floor"]["jobs"], 1), 2)
+    results["paper_over_floor"] = round(results["paper"]["wall_s"] / results["floor"]["wall_s"], 2)
+    results["cores"] = os.cpu_count()
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"paper / floor: {results['paper_over_floor']}x  -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
