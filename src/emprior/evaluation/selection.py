@@ -15,6 +15,8 @@ from typing import Any
 
 from emprior.core.errors import ConfigError
 
+MODES = ("all", "final")
+
 
 def evaluated_iterations(exp: dict[str, Any], first: int = 0) -> list[int]:
     """The iterations k >= ``first`` of the experiment ``exp`` that are evaluated, ascending."""
@@ -28,8 +30,12 @@ def evaluated_iterations(exp: dict[str, Any], first: int = 0) -> list[int]:
 
 
 def check_iterations(exp: dict[str, Any], where: str) -> None:
-    """One-line :class:`ConfigError` for a listed k beyond the experiment's ``iterations`` (K)."""
+    """One-line :class:`ConfigError` unless ``evaluate.iterations`` is all, final or a list of k <= K
+    (the experiment's ``iterations``); the schema has checked the list's type."""
     sel = exp["evaluate"].get("iterations", "all")
+    if isinstance(sel, str) and sel not in MODES:
+        raise ConfigError(f"{where}.evaluate.iterations: must be {' or '.join(MODES)} or a list of iterations, "
+                          f"got {sel!r}")
     if isinstance(sel, list):
         bad = [k for k in sel if k > exp["iterations"]]
         if bad:
