@@ -45,9 +45,9 @@ def shard_stream(shards: int, shard: int) -> tuple[object, ...]:
 def gather_shards(paths: list[str], n: int, shards: int, out: str
                   ) -> tuple[np.ndarray, list[dict[str, Any]], float]:
     """The shards' samples concatenated in the order of ``paths`` (shard 0 first), the record of each
-    shard (file, sha256, samples, seed) and their total run time in seconds; a one-line :class:`ArtifactError` naming ``out`` and the
-    shard unless there are ``shards`` files, shard j's file says it is shard j of ``shards`` and holds
-    n_j samples of one shape."""
+    shard (file, sha256, samples, seed) and their total run time in seconds. A one-line
+    :class:`ArtifactError` naming ``out`` or the shard unless there are ``shards`` files, shard j's
+    file says it is shard j of ``shards`` and holds n_j samples of one shape."""
     if len(paths) != shards:
         raise ArtifactError(f"{out}: got {len(paths)} prior-sample shards, expected {shards} (evaluate.shards)")
     sizes = shard_sizes(n, shards)

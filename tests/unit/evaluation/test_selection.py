@@ -44,8 +44,8 @@ def test_validation(tiny):
         ({"iterations": [0, 2]}, r"^tiny.yaml: experiments.digits.evaluate.iterations: 2 is out of range 0..1 "),
         ({"shards": 65}, r"^tiny.yaml: experiments.digits.evaluate.shards \(65\) must be <= n_samples \(64\)"),
         ({"shards": 0}, r"^tiny.yaml: experiments.digits.evaluate.shards: 0 is less than the minimum of 1"),
-        ({"iterations": "some"}, r"^tiny.yaml: experiments.digits.evaluate.iterations: must be all or final or a list of "
-                                  r"iterations, got 'some'$"),
+        ({"iterations": "some"}, r"^tiny.yaml: experiments.digits.evaluate.iterations: must be all or final or "
+                                  r"a list of iterations, got 'some'$"),
         ({"iterations": [1, 1]}, r"^tiny.yaml: experiments.digits.evaluate.iterations: \[1, 1\] has non-unique"),
         ({"iterations": [-1]}, r"^tiny.yaml: experiments.digits.evaluate.iterations.0: -1 is less than the minimum"),
         ({"iterations": 3}, r"^tiny.yaml: experiments.digits.evaluate.iterations: 3 is not of type 'string', 'array'"),
