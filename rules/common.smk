@@ -8,6 +8,7 @@ from pathlib import Path
 from emprior.config.loading import job_config, validate_config
 from emprior.core.errors import ConfigError
 from emprior.core.provenance import config_digest
+from emprior.evaluation.selection import evaluated_iterations
 from emprior.methods import make_method
 
 try:
@@ -71,7 +72,11 @@ def _data_config(experiment):
 @functools.lru_cache(maxsize=None)
 def _variant_config(experiment, variant, kind):
     drop = ("evaluate",) if kind == "em" else ()
-    return _dump(job_config(config, experiment, variant, drop=drop))
+    cfg = job_config(config, experiment, variant, drop=drop)
+    if kind == "eval":
+        # evaluate.iterations only picks which jobs exist: editing it must not rerun the others
+        cfg["experiments"][experiment]["evaluate"].pop("iterations", None)
+    return _dump(cfg)
 
 
 @functools.lru_cache(maxsize=None)
@@ -123,9 +128,25 @@ def first_metrics(experiment):
     return [f"{itdir(experiment, v, 1)}/metrics.json" for v in variants_of(experiment)]
 
 
+def evaluated(experiment, variant):
+    """The variant's iterations with prior samples and metrics.json (evaluate.iterations)."""
+    return evaluated_iterations(config["experiments"][experiment], first_iteration(experiment, variant))
+
+
+def n_prior_shards(experiment):
+    return config["experiments"][experiment]["evaluate"].get("shards", 1)
+
+
 def all_iteration_metrics(experiment):
     return [f"{itdir(experiment, v, k)}/metrics.json" for v in variants_of(experiment)
-            for k in range(first_iteration(experiment, v), n_iterations(experiment) + 1)]
+            for k in evaluated(experiment, v)]
+
+
+def all_prior_shards(experiment):
+    if n_prior_shards(experiment) == 1:
+        return []
+    return [f"{itdir(experiment, v, k)}/prior_samples/shard_{j}.h5" for v in variants_of(experiment)
+            for k in evaluated(experiment, v) for j in range(n_prior_shards(experiment))]
 
 
 def all_posterior_shards(experiment):
@@ -142,6 +163,7 @@ def all_targets():
     for name in config["experiments"]:
         targets += all_iteration_metrics(name)
         targets += all_posterior_shards(name)
+        targets += all_prior_shards(name)
         targets.append(f"{R}/figures/{name}_metrics.png")
     targets += report_targets()
     return targets

@@ -1,4 +1,6 @@
-# Per-iteration evaluation: unconditional prior samples and the audit record metrics.json.
+# Per-iteration evaluation: unconditional prior samples and the audit record metrics.json, for the
+# iterations that evaluate.iterations selects. With evaluate.shards > 1 the prior samples are a
+# scatter/gather like the E-step's: prior_samples_shard -> gather_prior_samples.
 
 
 def metrics_inputs(wc):
@@ -16,11 +18,25 @@ def metrics_inputs(wc):
     return inputs
 
 
+def prior_shard_files(wc):
+    return [f"{itdir(wc.experiment, wc.variant, wc.k)}/prior_samples/shard_{j}.h5"
+            for j in range(n_prior_shards(wc.experiment))]
+
+
+def experiments_where(sharded):
+    """Regex of the experiments whose prior samples are (not) sharded: rule prior_samples makes
+    prior_samples.h5 for evaluate.shards = 1, gather_prior_samples for more (never both)."""
+    names = [e for e in config["experiments"] if (n_prior_shards(e) > 1) == sharded]
+    return "|".join(names) if names else "(?!)"  # (?!): matches nothing
+
+
 rule prior_samples:
     input:
         model=f"{R}/{{experiment}}/{{variant}}/iter_{{k}}/model.pt",
     output:
         f"{R}/{{experiment}}/{{variant}}/iter_{{k}}/prior_samples.h5",
+    wildcard_constraints:
+        experiment=experiments_where(sharded=False),
     params:
         cfg=cfg_eval,
     threads: 1
@@ -37,6 +53,48 @@ rule prior_samples:
         "{PY} prior-samples --config {params.cfg} --experiment {wildcards.experiment}"
         " --variant {wildcards.variant} --iteration {wildcards.k} --model {input.model} --out {output}"
         " --threads {threads} > {log} 2>&1"
+
+
+rule prior_samples_shard:
+    # evaluate.shards > 1: shard j of the prior samples, its own random stream (emprior.evaluation.prior_shards)
+    input:
+        model=f"{R}/{{experiment}}/{{variant}}/iter_{{k}}/model.pt",
+    output:
+        f"{R}/{{experiment}}/{{variant}}/iter_{{k}}/prior_samples/shard_{{shard}}.h5",
+    params:
+        cfg=cfg_eval,
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/{{experiment}}/{{variant}}/iter_{{k}}/prior_samples_shard_{{shard}}.log",
+    benchmark:
+        f"{R}/benchmarks/{{experiment}}/{{variant}}/iter_{{k}}/prior_samples_shard_{{shard}}.tsv"
+    shell:
+        "{PY} prior-samples-shard --config {params.cfg} --experiment {wildcards.experiment}"
+        " --variant {wildcards.variant} --iteration {wildcards.k} --shard {wildcards.shard} --model {input.model}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule gather_prior_samples:
+    input:
+        prior_shard_files,
+    output:
+        f"{R}/{{experiment}}/{{variant}}/iter_{{k}}/prior_samples.h5",
+    wildcard_constraints:
+        experiment=experiments_where(sharded=True),
+    params:
+        cfg=cfg_eval,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/{{experiment}}/{{variant}}/iter_{{k}}/gather_prior_samples.log",
+    shell:
+        "{PY} gather-prior-samples --config {params.cfg} --experiment {wildcards.experiment}"
+        " --variant {wildcards.variant} --iteration {wildcards.k} --out {output} {input} > {log} 2>&1"
 
 
 rule estep_check:

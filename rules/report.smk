@@ -80,8 +80,7 @@ rule fig3:
     input:
         clean=f"{R}/{{experiment}}/data/clean.h5",
         samples=lambda wc: [f"{itdir(wc.experiment, v, k)}/prior_samples.h5"
-                            for v in variants_of(wc.experiment)[:1]
-                            for k in range(first_iteration(wc.experiment, v), n_iterations(wc.experiment) + 1)],
+                            for v in variants_of(wc.experiment)[:1] for k in evaluated(wc.experiment, v)],
     output:
         f"{R}/figures/fig3_{{experiment}}.png",
     params:

@@ -42,6 +42,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     own options and the cross-field rules the schema cannot express. The config's ``plugins`` are
     imported first, so that what they register can be named."""
     from emprior.config.plugins import load_plugins
+    from emprior.evaluation.selection import check_iterations
 
     if isinstance(config, dict) and isinstance(config.get("plugins"), list):
         load_plugins(config["plugins"], source=source)
@@ -70,6 +71,11 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
                               f"by gpus ({mstep['gpus']}): every GPU takes an equal share of each batch")
         if exp["estep"]["shards"] > 1 and exp["estep"]["block_size"] < 1:
             raise ConfigError(f"{source}: {where}.estep.block_size must be >= 1")
+        ev = exp["evaluate"]
+        if ev.get("shards", 1) > ev["n_samples"]:
+            raise ConfigError(f"{source}: {where}.evaluate.shards ({ev['shards']}) must be <= n_samples "
+                              f"({ev['n_samples']}): every shard draws at least one sample")
+        check_iterations(exp, f"{source}: {where}")
         _check_plugins(exp, f"{source}: {where}")
     for section in ("sampler_benchmark", "cost_benchmark"):
         _check_posterior_specs(config.get(section, {}).get("methods", {}), f"{source}: {section}.methods")

@@ -17,6 +17,7 @@ from emprior.core.artifacts import verify
 from emprior.core.errors import ArtifactError
 
 ITER = re.compile(r"iter_(\d{3})$")
+EVALUATION = ("prior_samples.h5", "prior_samples", "metrics.json")  # what an evaluated iteration has
 
 
 def _has_nonfinite(obj: Any) -> bool:
@@ -47,12 +48,21 @@ def _has_estep(it_dir: Path) -> bool:
 def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_limit: float = 0.01) -> pd.DataFrame:
     results = Path(results)
     rows = []
-    for it_dir in sorted(p for p in results.glob("*/*/iter_*") if ITER.search(p.name)):
+    it_dirs = sorted(p for p in results.glob("*/*/iter_*") if ITER.search(p.name))
+    last = {}
+    for it_dir in it_dirs:
+        last[it_dir.parent] = max(last.get(it_dir.parent, 0), int(ITER.search(it_dir.name).group(1)))
+    for it_dir in it_dirs:
         experiment, variant = it_dir.parent.parent.name, it_dir.parent.name
         k = int(ITER.search(it_dir.name).group(1))
         flags: list[str] = []
         row: dict[str, Any] = {"experiment": experiment, "variant": variant, "iteration": k}
-        for name in ["model.pt", "prior_samples.h5", "metrics.json"] + (["posterior.h5"] if _has_estep(it_dir) else []):
+        # evaluate.iterations may leave an iteration before the last without prior samples and metrics
+        evaluated = k == last[it_dir.parent] or any((it_dir / n).exists() for n in EVALUATION)
+        names = ["model.pt"] + (["prior_samples.h5", "metrics.json"] if evaluated else [])
+        if not evaluated:
+            row["evaluated"] = False
+        for name in names + (["posterior.h5"] if _has_estep(it_dir) else []):
             path = it_dir / name
             if not path.exists():
                 flags.append(f"missing {name}")

@@ -1,4 +1,5 @@
-"""Rules that judge an EM iteration: ``prior_samples``, ``estep_check`` (iteration 1) and
+"""Rules that judge an EM iteration: ``prior_samples`` (or, with ``evaluate.shards`` > 1,
+``prior_samples_shard`` -> ``gather_prior_samples``), ``estep_check`` (iteration 1) and
 ``iteration_metrics`` (metrics.json, the audit record)."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ log = get_logger("emprior.pipeline.evaluate")
 
 @command("prior-samples", ids=("experiment", "variant", "iteration"))
 def prior_samples(job: Job, model: str, out: str) -> None:
-    """rule prior_samples: unconditional samples of q_k"""
+    """rule prior_samples (evaluate.shards = 1): unconditional samples of q_k"""
     from emprior.priors.checkpoint import load_prior
 
     prior = load_prior(model, device=job.device)
@@ -24,6 +25,35 @@ def prior_samples(job: Job, model: str, out: str) -> None:
     x = method_of(job).sample_prior(job, prior, job.exp["evaluate"]["n_samples"], job.generator("prior_samples"))
     save_h5(out, {"x": x.float().cpu()}, attrs={"iteration": job.iteration},
             provenance=job.provenance("prior_samples"), runtime={"seconds": time.perf_counter() - start})
+
+
+@command("prior-samples-shard", ids=("experiment", "variant", "iteration"))
+def prior_samples_shard(job: Job, shard: int, model: str, out: str) -> None:
+    """rule prior_samples_shard: shard j of evaluate.shards of the unconditional samples of q_k"""
+    from emprior.evaluation.prior_shards import shard_size, shard_stream
+    from emprior.priors.checkpoint import load_prior
+
+    ev = job.exp["evaluate"]
+    shards = ev.get("shards", 1)
+    n, keys = shard_size(ev["n_samples"], shards, shard), shard_stream(shards, shard)
+    prior = load_prior(model, device=job.device)
+    start = time.perf_counter()
+    x = method_of(job).sample_prior(job, prior, n, job.generator(*keys))
+    save_h5(out, {"x": x.float().cpu()},
+            attrs={"iteration": job.iteration, "shard": shard, "shards": shards, "seed": str(job.derive_seed(*keys))},
+            provenance=job.provenance("prior_samples_shard", shard=shard),
+            runtime={"seconds": time.perf_counter() - start})
+
+
+@command("gather-prior-samples", ids=("experiment", "variant", "iteration"), torch=False)
+def gather_prior_samples(job: Job, out: str, shards: list[str]) -> None:
+    """rule gather_prior_samples: prior-sample shards -> prior_samples.h5 (in shard order)"""
+    from emprior.evaluation.prior_shards import gather_shards
+
+    ev = job.exp["evaluate"]
+    x, info, seconds = gather_shards(shards, ev["n_samples"], ev.get("shards", 1), out)
+    save_h5(out, {"x": x}, attrs={"iteration": job.iteration, "shards": info},
+            provenance=job.provenance("gather_prior_samples"), runtime={"seconds": seconds})
 
 
 @command("estep-check", ids=("experiment", "variant"))

@@ -61,3 +61,17 @@ def test_anomalies_are_flagged(tmp_path):
     assert "bad model.pt" in df.loc[4, "flags"] and "checksum mismatch" in df.loc[4, "flags"]
     text, status = audit(tmp_path)
     assert status == 1 and "5 iterations, 5 flagged" in text
+
+
+def test_iterations_left_out_by_evaluate_iterations_are_not_flagged(tmp_path):
+    _iteration(tmp_path, 0)
+    d1 = _iteration(tmp_path, 1)
+    d2 = _iteration(tmp_path, 2)
+    for d in (d1, d2):  # evaluate.iterations: [0]; the final one (2) is always evaluated, so its loss is a flag
+        for name in ("prior_samples.h5", "metrics.json"):
+            (d / name).unlink()
+            (d / f"{name}.prov.json").unlink()
+    df = audit_rows(tmp_path).set_index("iteration")
+    assert df.loc[1, "flags"] == "ok" and df.loc[1, "evaluated"] == False  # noqa: E712
+    assert df.loc[2, "flags"] == "missing prior_samples.h5; missing metrics.json"
+    assert df.loc[0, "flags"] == "ok"

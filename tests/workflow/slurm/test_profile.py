@@ -21,6 +21,7 @@ GPU_RULES = {
     "estep_check",
     "mstep",
     "prior_samples",
+    "prior_samples_shard",
     "fig5",
     "iteration_metrics",
     "table4",
@@ -36,6 +37,7 @@ NON_GPU_RULES = {
     "all",
     "init_prior",
     "gather_posterior",
+    "gather_prior_samples",
     "fig2",
 }
 
