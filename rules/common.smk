@@ -46,7 +46,7 @@ def cfg_data(wc):
 
 
 def cfg_em(wc):
-    """Config of the EM rules of one variant (evaluation settings excluded)."""
+    """Config of the EM rules of one variant (evaluation settings and metric weight paths excluded)."""
     return _variant_config(wc.experiment, wc.variant, "em")
 
 
@@ -71,11 +71,15 @@ def _data_config(experiment):
 
 @functools.lru_cache(maxsize=None)
 def _variant_config(experiment, variant, kind):
-    drop = ("evaluate",) if kind == "em" else ()
+    # metrics (weight paths) never: the FID weights reach the metrics jobs through fid_reference.h5, so
+    # providing them reruns no EM or sampling job
+    drop = ("evaluate", "metrics") if kind == "em" else ("metrics",)
     cfg = job_config(config, experiment, variant, drop=drop)
     if kind == "eval":
-        # evaluate.iterations only picks which jobs exist: editing it must not rerun the others
+        # evaluate.iterations and evaluate.fid only pick which jobs (and inputs) exist: editing them must
+        # not rerun the others
         cfg["experiments"][experiment]["evaluate"].pop("iterations", None)
+        cfg["experiments"][experiment]["evaluate"].pop("fid", None)
     return _dump(cfg)
 
 

@@ -2,6 +2,26 @@
 # iterations that evaluate.iterations selects. With evaluate.shards > 1 the prior samples are a
 # scatter/gather like the E-step's: prior_samples_shard -> gather_prior_samples.
 
+from emprior.evaluation.metrics.images import inception_weights_path
+
+
+def fid_on(experiment):
+    return bool(config["experiments"][experiment]["evaluate"].get("fid", False))
+
+
+def inception_weights(wc=None):
+    """metrics.inception_weights, or torch.hub's cache when unset (resolved here, once, for every job)."""
+    return str(inception_weights_path((config.get("metrics") or {}).get("inception_weights")))
+
+
+def fid_reference_inputs(wc):
+    # The weights are an input only when present: the file appearing changes the job's input set, a new
+    # version is newer than the output, and either reruns this job and the metrics jobs after it only.
+    inputs = {"clean": f"{R}/{wc.experiment}/data/clean.h5"}
+    if Path(inception_weights()).is_file():
+        inputs["weights"] = inception_weights()
+    return inputs
+
 
 def metrics_inputs(wc):
     d = itdir(wc.experiment, wc.variant, wc.k)
@@ -15,6 +35,8 @@ def metrics_inputs(wc):
         inputs["posterior"] = f"{d}/posterior.h5"
     if int(wc.k) == 1 and method(wc.experiment, wc.variant).estep_check:
         inputs["estep_check"] = f"{d}/estep_check.json"
+    if fid_on(wc.experiment):
+        inputs["fid_reference"] = f"{R}/{wc.experiment}/data/fid_reference.h5"
     return inputs
 
 
@@ -28,6 +50,32 @@ def experiments_where(sharded):
     prior_samples.h5 for evaluate.shards = 1, gather_prior_samples for more (never both)."""
     names = [e for e in config["experiments"] if (n_prior_shards(e) > 1) == sharded]
     return "|".join(names) if names else "(?!)"  # (?!): matches nothing
+
+
+rule fid_reference:
+    # evaluate.fid only: mean and covariance of the clean images' Inception features, computed once and
+    # reused by every iteration's metrics job (emprior.evaluation.metrics.fid_reference). Without the
+    # weights file it records the reason (FID/IS n/a), so every other metric is still computed.
+    input:
+        unpack(fid_reference_inputs),
+    output:
+        f"{R}/{{experiment}}/data/fid_reference.h5",
+    params:
+        cfg=cfg_data,
+        weights=inception_weights,  # a new path reruns the job
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 60 * attempt,
+    conda:
+        ENV
+    log:
+        f"{R}/logs/{{experiment}}/fid_reference.log",
+    benchmark:
+        f"{R}/benchmarks/{{experiment}}/fid_reference.tsv"
+    shell:
+        "{PY} fid-reference --config {params.cfg} --experiment {wildcards.experiment} --clean {input.clean}"
+        " --weights {params.weights:q} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule prior_samples:
@@ -131,6 +179,7 @@ rule iteration_metrics:
         cfg=cfg_eval,
         inputs=optional_inputs("posterior"),
         check=lambda wc, input: f"--estep-check {input.estep_check}" if "estep_check" in input.keys() else "",
+        fid=lambda wc, input: f"--fid-reference {input.fid_reference}" if "fid_reference" in input.keys() else "",
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,
@@ -142,5 +191,5 @@ rule iteration_metrics:
     shell:
         "{PY} metrics --config {params.cfg} --experiment {wildcards.experiment} --variant {wildcards.variant}"
         " --iteration {wildcards.k} --model {input.model} --samples {input.samples} --clean {input.clean}"
-        " --observations {input.observations} {params.inputs} {params.check} --out {output}"
+        " --observations {input.observations} {params.inputs} {params.check} {params.fid} --out {output}"
         " --threads {threads} > {log} 2>&1"

@@ -150,11 +150,12 @@ def variant(config: dict[str, Any], exp_name: str, name: str) -> dict[str, Any]:
 def job_config(config: dict[str, Any], experiment_name: str | None = None, variant_name: str | None = None,
                drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """The part of ``config`` one job depends on: global keys plus one experiment (and one of its
-    variants), minus the sections in ``drop``. Snakemake passes it to the job as a file named by its
-    digest, so editing one variant or the evaluation settings does not rerun unrelated jobs."""
+    variants), minus the sections in ``drop`` (experiment sections, or the global ``metrics``).
+    Snakemake passes it to the job as a file named by its digest, so editing one variant or the
+    evaluation settings does not rerun unrelated jobs."""
     out: dict[str, Any] = {k: copy.deepcopy(config[k])
                            for k in ("seed", "results", "torch_threads", "device", "plugins", "metrics")
-                           if k in config}
+                           if k in config and k not in drop}
     if experiment_name is None:
         for key in ("fig2", "tables", "sampler_benchmark", "cost_benchmark"):
             if key in config and key not in drop:

@@ -8,7 +8,9 @@ Sample quality of q_k (from ``prior_samples.h5`` against ``clean.h5``):
   ``evaluate.sinkhorn_repeats`` R > 1 it is the mean of R such numbers, each on its own chunk of the
   prior samples and its own split of p (values and standard error recorded); ``sinkhorn_scaling`` is the
   solver's epsilon-scaling factor (default 0.9; 0.8 is 2x faster and within ~2 % on the manifold).
-- ``fid`` / ``is``: torch-fidelity, only with real Inception weights; otherwise the reason is recorded.
+- ``fid`` / ``is`` (``evaluate.fid``): torch-fidelity, the samples against the clean images' Inception
+  statistics of the rule fid_reference (:mod:`emprior.evaluation.metrics.fid_reference`); without the
+  weights, ``null`` and the reason in ``fid_status``.
 - ``fd_digits`` / ``is_digits`` (``evaluate.classifier: digits``): the same formulas in the features of
   a small classifier trained on the clean digits (:mod:`emprior.evaluation.metrics.classifier`), CPU stand-ins.
 
@@ -43,7 +45,7 @@ def loss_summary(loss: list[float]) -> dict[str, Any]:
 
 
 def sample_quality(samples: np.ndarray, clean: np.ndarray, ev: dict[str, Any], seed: int,
-                   metrics_cfg: dict[str, Any] | None) -> dict[str, Any]:
+                   fid_reference: str | None = None, cuda: bool = False) -> dict[str, Any]:
     from emprior.evaluation.metrics.sinkhorn import debiased_to_reference
 
     out: dict[str, Any] = {}
@@ -74,23 +76,29 @@ def sample_quality(samples: np.ndarray, clean: np.ndarray, ev: dict[str, Any], s
         from emprior.evaluation.metrics.classifier import digits_scores
 
         out.update(digits_scores(samples, clean))
-    if samples.ndim == 4 and ev.get("fid", True):
-        from emprior.evaluation.metrics import MetricUnavailable, fid_is
-
-        weights = (metrics_cfg or {}).get("inception_weights")
-        res = fid_is(samples, clean, data_range=(-2.0, 2.0), weights_path=weights)
-        if isinstance(res, MetricUnavailable):
-            out["fid"] = None
-            out["is"] = None
-            out["fid_status"] = res.reason
-        else:
-            out["fid"], out["is"] = res["fid"], res["is_mean"]
-            out["fid_status"] = "ok"
+    if samples.ndim == 4:
+        out.update(fid_quality(samples, fid_reference, cuda))
     return out
 
 
+def fid_quality(samples: np.ndarray, fid_reference: str | None, cuda: bool = False) -> dict[str, Any]:
+    """fid, is (mean over splits), is_std and fid_status of image samples against the reference statistics
+    file (given exactly when ``evaluate.fid`` is on); null and the reason when off or without weights."""
+    from emprior.evaluation.metrics import MetricUnavailable
+    from emprior.evaluation.metrics.fid_reference import fid_is_to_reference, load_reference
+
+    if fid_reference is None:
+        res: Any = MetricUnavailable("n/a: evaluate.fid is off for this experiment")
+    else:
+        res = fid_is_to_reference(samples, load_reference(fid_reference), cuda=cuda)
+    if isinstance(res, MetricUnavailable):
+        return {"fid": None, "is": None, "fid_status": res.reason}
+    return {"fid": res["fid"], "is": res["is_mean"], "is_std": res["is_std"], "fid_status": "ok",
+            "fid_official_weights": res["official_weights"]}
+
+
 def iteration_metrics(job, model: str, samples: str, clean: str, observations: str, posterior: str | None, out: str,
-                      estep_check: str | None = None) -> None:
+                      estep_check: str | None = None, fid_reference: str | None = None) -> None:
     """metrics.json of ``job``'s iteration (see the module docstring for its sections)."""
     from emprior.core.rng import derive_seed
     from emprior.data.observations import load_clean
@@ -110,7 +118,7 @@ def iteration_metrics(job, model: str, samples: str, clean: str, observations: s
     if finite:
         record["quality"] = sample_quality(x, x_clean, exp["evaluate"],
                                            derive_seed(config["seed"], experiment, "metrics", iteration),
-                                           config.get("metrics"))
+                                           fid_reference, cuda=job.device.type == "cuda")
     else:
         record["quality"] = {"sinkhorn": None, "error": "non-finite prior samples"}
     if ckpt.get("kind") == "gaussian":
@@ -139,6 +147,8 @@ def iteration_metrics(job, model: str, samples: str, clean: str, observations: s
         solves = len(ratio) * est["steps"] * (1 + est.get("corrections", 0))
         record["estep"]["breakdown_fraction"] = record["estep"]["solver"].get("breakdowns", 0.0) / max(1, solves)
         artifacts["posterior.h5"] = verify(posterior)["sha256"]
+    if fid_reference:
+        artifacts["fid_reference.h5"] = verify(fid_reference)["sha256"]
     if estep_check:
         from emprior.core.artifacts import load_json
 

@@ -1,6 +1,7 @@
 """Rules that judge an EM iteration: ``prior_samples`` (or, with ``evaluate.shards`` > 1,
 ``prior_samples_shard`` -> ``gather_prior_samples``), ``estep_check`` (iteration 1) and
-``iteration_metrics`` (metrics.json, the audit record)."""
+``iteration_metrics`` (metrics.json, the audit record); ``fid_reference``, once per experiment with
+``evaluate.fid``, the Inception statistics of the clean images that FID compares the samples to."""
 
 from __future__ import annotations
 
@@ -76,10 +77,27 @@ def estep_check(job: Job, model: str, observations: str, out: str) -> None:
     save_json(out, res, job.provenance("estep_check"), runtime={"seconds": seconds})
 
 
+@command("fid-reference", ids=("experiment",))
+def fid_reference(job: Job, clean: str, weights: str, out: str) -> None:
+    """rule fid_reference: Inception feature statistics of the clean images (FID's reference)"""
+    from emprior.data.observations import load_clean
+    from emprior.evaluation.metrics import MetricUnavailable
+    from emprior.evaluation.metrics.fid_reference import reference_statistics, save_reference
+
+    start = time.perf_counter()
+    res = reference_statistics(load_clean(clean), weights, cuda=job.device.type == "cuda")
+    if isinstance(res, MetricUnavailable):
+        log.warning("fid reference %s: %s", job.context, res.reason)
+    else:
+        log.info("fid reference %s: %d images, weights %s (sha256 %s...)", job.context, res.meta["n_images"],
+                 weights, res.meta["weights_sha256"][:12])
+    save_reference(out, res, job.provenance("fid_reference"), runtime={"seconds": time.perf_counter() - start})
+
+
 @command("metrics", ids=("experiment", "variant", "iteration"))
 def metrics(job: Job, model: str, samples: str, clean: str, observations: str, out: str,
-            posterior: str | None = None, estep_check: str | None = None) -> None:
+            posterior: str | None = None, estep_check: str | None = None, fid_reference: str | None = None) -> None:
     """rule iteration_metrics: metrics.json (quality + audit record)"""
     from emprior.evaluation.iteration import iteration_metrics
 
-    iteration_metrics(job, model, samples, clean, observations, posterior, out, estep_check)
+    iteration_metrics(job, model, samples, clean, observations, posterior, out, estep_check, fid_reference)

@@ -24,6 +24,7 @@ GPU_RULES = {
     "prior_samples_shard",
     "fig5",
     "iteration_metrics",
+    "fid_reference",
     "table4",
     "table5",
 }

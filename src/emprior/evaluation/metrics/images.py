@@ -32,6 +32,7 @@ from emprior.core.digest import sha256_file
 # (the file name carries its first 8 hex digits, the torch.hub convention).
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS}"
 # torchvision ImageNet backbones used by LPIPS; the 8 hex digits are the sha256 prefix torch.hub checks.
 LPIPS_BACKBONES = {
     "alex": "alexnet-owt-7be5be79.pth",
@@ -140,6 +141,17 @@ def ssim(x: Any, ref: Any, data_range: float | tuple[float, float]) -> np.ndarra
 def checkpoints_dir() -> Path:
     """$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints), where torch.hub caches."""
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def inception_weights_path(configured: str | Path | None = None) -> Path:
+    """The Inception weights file FID/IS use: ``metrics.inception_weights`` if set, else torch.hub's cache."""
+    return Path(configured) if configured is not None else checkpoints_dir() / INCEPTION_WEIGHTS
+
+
+def missing_inception(path: str | Path) -> MetricUnavailable:
+    """The one line a run without the Inception weights records instead of FID/IS."""
+    return MetricUnavailable(f"n/a: Inception weights not found at {path} (no internet); set metrics.inception_weights "
+                             f"to a copy of {INCEPTION_URL} or place it there")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,10 +297,9 @@ def fid_is(samples: Any, reference: Any, data_range: float | tuple[float, float]
     if fid_features not in ("64", "192", "768", "2048"):
         raise ValueError(f"fid_features: expected one of '64', '192', '768', '2048', got {fid_features!r}")
     value_range(data_range)
-    path = Path(weights_path) if weights_path is not None else checkpoints_dir() / INCEPTION_WEIGHTS
+    path = inception_weights_path(weights_path)
     if not path.is_file():
-        return MetricUnavailable(f"n/a: Inception weights not found at {path} (no internet); place the file "
-                                 f"there or set metrics.inception_weights")
+        return missing_inception(path)
     digest = sha256_file(path)
     import torch_fidelity
 
