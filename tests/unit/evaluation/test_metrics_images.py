@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import urllib.request
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,25 +12,6 @@ import torch
 
 from emprior.evaluation.metrics import MetricUnavailable, fid_is, lpips_distance, psnr, ssim
 from emprior.evaluation.metrics import images as im
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """An empty $TORCH_HOME, and any attempt to download fails the test."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-
-    def no_network(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args[:1]}")
-
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-    import torchvision.models._api as tv_api
-
-    # Patch every name the libraries download through (they import the function by name).
-    for module in (torch.hub, fe, tv_api):
-        monkeypatch.setattr(module, "load_state_dict_from_url", no_network)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    return tmp_path / "torch_home" / "hub" / "checkpoints"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +85,7 @@ def test_unavailable_without_weights(offline):
     res = fid_is(x, x, 4.0)
     assert isinstance(res, MetricUnavailable)
     assert res.reason == (f"n/a: Inception weights not found at {offline / im.INCEPTION_WEIGHTS} (no internet); "
-                          "place the file there or set metrics.inception_weights")
+                          f"set metrics.inception_weights to a copy of {im.INCEPTION_URL} or place it there")
     res = lpips_distance(x, x)
     assert isinstance(res, MetricUnavailable)
     assert str(offline / "alexnet-owt-7be5be79.pth") in res.reason and "metrics.lpips_weights_dir" in res.reason
@@ -199,27 +178,7 @@ def test_uint8_images_quantisation():
     assert torch.equal(t[0], t[2])
 
 
-def _random_inception(path: Path) -> None:
-    """torch-fidelity's Inception with kaiming-normal random weights (plumbing tests only: with the
-    default init the features collapse and FID ~ 0 for any pair)."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-
-    # Without a weights path the constructor would download: patch that out and skip the loading.
-    with mock.patch.object(fe, "load_state_dict_from_url", return_value={}), \
-            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
-    g = torch.Generator().manual_seed(0)
-    for m in net.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-            torch.nn.init.kaiming_normal_(m.weight, generator=g)
-            if m.bias is not None:
-                torch.nn.init.zeros_(m.bias)
-    torch.save(net.state_dict(), path)
-
-
-def _fid_plumbing(tmp_path: Path, fid_features: str) -> None:
-    weights = tmp_path / "random-inception.pth"
-    _random_inception(weights)
+def _fid_plumbing(weights: Path, fid_features: str) -> None:
     rng = np.random.default_rng(0)
     x = rng.uniform(-2, 2, (6, 1, 32, 32)).astype(np.float32)  # grey: repeated to RGB
     same = fid_is(x, x, 4.0, weights_path=weights, isc_splits=2, batch_size=6, fid_features=fid_features)
@@ -235,15 +194,15 @@ def _fid_plumbing(tmp_path: Path, fid_features: str) -> None:
 
 
 @pytest.mark.slow
-def test_fid_is_plumbing_with_random_inception(offline, tmp_path):
+def test_fid_is_plumbing_with_random_inception(offline, random_inception):
     """Full torch-fidelity path (Dataset of uint8, weights file, IS) on a cheap 64-d FID layer."""
-    _fid_plumbing(tmp_path, "64")
+    _fid_plumbing(random_inception, "64")
 
 
 @pytest.mark.benchmark
-def test_fid_is_plumbing_standard_2048_features(offline, tmp_path):
+def test_fid_is_plumbing_standard_2048_features(offline, random_inception):
     """Same with the standard 2048-d features (2048 x 2048 eigenproblem: ~1-2 min on a loaded CPU)."""
-    _fid_plumbing(tmp_path, "2048")
+    _fid_plumbing(random_inception, "2048")
 
 
 def test_fid_is_argument_errors(tmp_path):
