@@ -113,8 +113,8 @@ def test_missing_weights_give_one_line_reason_and_no_number(offline, tmp_path, c
     assert reason in capfd.readouterr().err  # the job log's one line
     loaded = fr.load_reference(out)
     assert isinstance(loaded, MetricUnavailable) and loaded.reason == reason and "\n" not in reason
-    assert fid_quality(x, {"fid": True}, str(out), cuda=False) == {"fid": None, "is": None, "fid_status": reason}
-    assert fid_quality(x, {}, None, cuda=False)["fid_status"] == "n/a: evaluate.fid is off for this experiment"
+    assert fid_quality(x, str(out)) == {"fid": None, "is": None, "fid_status": reason}
+    assert fid_quality(x, None)["fid_status"] == "n/a: evaluate.fid is off for this experiment"
 
 
 def test_samples_need_the_weights_the_reference_used(offline, tmp_path):
