@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from emprior.core.artifacts import save_h5, save_json
+from emprior.core.errors import ConfigError
 from emprior.core.job import Job
 from emprior.core.log import get_logger
 from emprior.pipeline.commands import command
@@ -84,8 +85,12 @@ def fid_reference(job: Job, clean: str, weights: str, out: str) -> None:
     from emprior.evaluation.metrics import MetricUnavailable
     from emprior.evaluation.metrics.fid_reference import reference_statistics, save_reference
 
+    x = load_clean(clean)
+    if x.ndim != 4:
+        raise ConfigError(f"experiments.{job.experiment}.evaluate.fid: FID/IS need images (N, C, H, W), but {clean} "
+                          f"holds shape {x.shape}")
     start = time.perf_counter()
-    res = reference_statistics(load_clean(clean), weights, cuda=job.device.type == "cuda")
+    res = reference_statistics(x, weights, cuda=job.device.type == "cuda")
     if isinstance(res, MetricUnavailable):
         log.warning("fid reference %s: %s", job.context, res.reason)
     else:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from emprior.core.errors import ConfigError
 from emprior.core.job import Job
 from emprior.evaluation.iteration import fid_quality
 from emprior.evaluation.metrics import MetricUnavailable
@@ -115,6 +116,8 @@ def test_missing_weights_give_one_line_reason_and_no_number(offline, tmp_path, c
     assert isinstance(loaded, MetricUnavailable) and loaded.reason == reason and "\n" not in reason
     assert fid_quality(x, str(out)) == {"fid": None, "is": None, "fid_status": reason}
     assert fid_quality(x, None)["fid_status"] == "n/a: evaluate.fid is off for this experiment"
+    with pytest.raises(ConfigError, match=r"experiments\.c\.evaluate\.fid: FID/IS need images"):
+        fid_reference(job, str(_clean_h5(tmp_path, x.reshape(N, -1), job)), str(missing), str(out))
 
 
 def test_samples_need_the_weights_the_reference_used(offline, tmp_path):
