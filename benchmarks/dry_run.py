@@ -6,8 +6,9 @@ Three dry runs, measured side by side in one run (best of ``--repeats`` wall and
 
 * ``paper``: the command users run, config/paper.yaml with every experiment and variant;
 * ``paper_diem``: the same profile and config without the peer methods (EMDiffusion, DiffEM,
-  AmbientDiffusion and their experiment cifar10_r60), i.e. the DiEM-only job set the suite planned
-  before the peers were added;
+  AmbientDiffusion and their experiment cifar10_r60) and with one prior-sample job per iteration
+  (``evaluate.shards: 1``), i.e. the job set the suite planned before the peers and the sharded prior
+  samples were added (plus the figure jobs);
 * ``floor``: a generated Snakefile with as many trivial jobs as ``paper`` (one rule, a log and a
   benchmark file each, no input functions, params or resources), planned by the same Snakemake with
   the same executor: the part of the time that is Snakemake's per-job cost, not this workflow's.
@@ -55,9 +56,10 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float, int]:
 
 
 def diem_only(config: dict) -> dict:
-    """config/paper.yaml without the peer methods' variants and the experiments left without DiEM."""
+    """config/paper.yaml without the peer methods' variants (and cifar10_r60), one prior-sample job each."""
     out = json.loads(json.dumps(config))
     for name in list(out["experiments"]):
+        out["experiments"][name]["evaluate"].pop("shards", None)
         variants = out["experiments"][name]["variants"]
         for v in [v for v, spec in variants.items() if spec.get("method") in PEERS]:
             del variants[v]
