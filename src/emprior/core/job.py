@@ -1,5 +1,5 @@
 """What one Snakemake job knows about itself: the config, which experiment / variant / iteration it
-is for, and the device it computes on (chosen once, here)."""
+is for, the device it computes on and the numerical precision of its network (both chosen once, here)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from emprior.core.precision import Precision
 from emprior.core.provenance import make_provenance
 from emprior.core.rng import derive_seed, torch_generator
 
@@ -41,7 +42,14 @@ class Job:
     def device(self) -> torch.device:
         from emprior.core.device import select_device
 
-        return select_device(self.config.get("device", "auto"))
+        device = select_device(self.config.get("device", "auto"))
+        self.precision.apply(device)  # TF32 is process-wide: set with the device, once
+        return device
+
+    @functools.cached_property
+    def precision(self) -> Precision:
+        """The config section ``precision`` (:mod:`emprior.core.precision`; defaults when absent)."""
+        return Precision.from_config(self.config)
 
     @property
     def context(self) -> str:
@@ -66,4 +74,4 @@ class Job:
     def provenance(self, rule: str, **extra: Any) -> dict[str, Any]:
         ids = {k: v for k, v in (("experiment", self.experiment), ("variant", self.variant),
                                  ("iteration", self.iteration)) if v is not None}
-        return make_provenance(self.config, self.seed, rule, **ids, **extra)
+        return make_provenance(self.config, self.seed, rule, **ids, precision=self.precision.record(), **extra)

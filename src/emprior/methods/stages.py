@@ -62,7 +62,7 @@ def denoiser_mstep(job: Job, x: torch.Tensor, previous: Prior | None, resume_pat
     gen = job.generator("mstep")
     schedule = Schedule(**exp["schedule"])
     result = em_mstep(net, x.to(job.device), schedule, mstep_cfg or exp["mstep"], gen,
-                      f"M-step {job.context}", resume_path=resume_path)
+                      f"M-step {job.context}", resume_path=resume_path, precision=job.precision)
     ckpt = {"kind": "denoiser", "x_shape": list(x_shape), "net": net_cfg,
             "schedule": dict(exp["schedule"]), "weights": cpu_state(net.state_dict()),
             "raw_weights": cpu_state(result["raw"]),

@@ -49,7 +49,7 @@ def estep(job: Job, shard: int, model: str, observations: str, out: str) -> None
     from emprior.priors.checkpoint import load_prior
 
     obs = load_observations(observations)
-    prior = load_prior(model, device=job.device)
+    prior = load_prior(model, device=job.device, precision=job.precision)
     if tuple(prior.x_shape) != tuple(obs.x_shape):
         raise ArtifactError(f"{model}: prior of shape {prior.x_shape} does not match observations {obs.x_shape}")
     method = method_of(job)

@@ -22,7 +22,7 @@ def prior_samples(job: Job, model: str, out: str) -> None:
     """rule prior_samples (evaluate.shards = 1): unconditional samples of q_k"""
     from emprior.priors.checkpoint import load_prior
 
-    prior = load_prior(model, device=job.device)
+    prior = load_prior(model, device=job.device, precision=job.precision)
     start = time.perf_counter()
     x = method_of(job).sample_prior(job, prior, job.exp["evaluate"]["n_samples"], job.generator("prior_samples"))
     save_h5(out, {"x": x.float().cpu()}, attrs={"iteration": job.iteration},
@@ -67,8 +67,9 @@ def estep_check(job: Job, model: str, observations: str, out: str) -> None:
 
     job.iteration = 1
     opts = {**DEFAULTS, **job.exp.get("evaluate", {}).get("estep_check", {})}
-    res = check_estep(load_prior(model, device=job.device), method_of(job), load_observations(observations), job,
-                      opts["observations"], opts["repeats"])
+    prior = load_prior(model, device=job.device, precision=job.precision)
+    res = check_estep(prior, method_of(job), load_observations(observations), job, opts["observations"],
+                      opts["repeats"])
     seconds = res.pop("seconds")
     if "skipped" in res:
         log.info("estep check %s skipped: %s", job.context, res["skipped"])

@@ -24,6 +24,7 @@ import torch
 
 from emprior.core.artifacts import load_torch
 from emprior.core.errors import ArtifactError
+from emprior.core.precision import Precision
 
 
 @dataclass
@@ -76,14 +77,17 @@ def gaussian_checkpoint(result, x_shape) -> dict[str, Any]:
             "s": result.s.float(), "tau": float(result.tau), "log_evidence": list(result.log_evidence)}
 
 
-def load_prior(path: str | Path, rule: str | None = None, device: torch.device | str | None = None) -> Prior:
+def load_prior(path: str | Path, rule: str | None = None, device: torch.device | str | None = None,
+               precision: Precision | None = None) -> Prior:
     """model.pt (checksum verified) as a :class:`Prior` on ``device`` (default: the CPU)."""
-    return prior_from_checkpoint(load_torch(path, rule=rule), str(path), device)
+    return prior_from_checkpoint(load_torch(path, rule=rule), str(path), device, precision)
 
 
 def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
-                          device: torch.device | str | None = None) -> Prior:
-    """A checkpoint dict (as model.pt holds it) as a :class:`Prior` on ``device``."""
+                          device: torch.device | str | None = None, precision: Precision | None = None) -> Prior:
+    """A checkpoint dict (as model.pt holds it) as a :class:`Prior` on ``device``. A trained denoiser's
+    ``Prior.denoiser`` is the network as ``precision`` runs it (autocast / compile,
+    :mod:`emprior.core.precision`; default: the module itself); ``Prior.module`` is the module."""
     from emprior.nets import build_denoiser
     from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian
 
@@ -110,7 +114,7 @@ def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
             module.to(device)
         for p in module.parameters():
             p.requires_grad_(False)
-        return Prior(kind, x_shape, module, ckpt, module=module)
+        return Prior(kind, x_shape, module if precision is None else precision.wrap(module), ckpt, module=module)
     if kind == "ambient":
         from emprior.methods.ambient import build_ambient_denoiser
 

@@ -127,7 +127,7 @@ def fig5_samples(job: Any, models: list[str], n: int) -> tuple[np.ndarray, dict[
     x_T = None
     out: dict[str, dict[int, np.ndarray]] = {}
     for (variant, k), path in runs:
-        prior = load_prior(path, device=job.device)
+        prior = load_prior(path, device=job.device, precision=job.precision)
         if len(prior.x_shape) != 3:
             raise ConfigError(f"experiments.{name}: fig5 shows images (C, H, W); q_k has samples of shape "
                               f"{prior.x_shape}")

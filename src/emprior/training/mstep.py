@@ -46,6 +46,7 @@ from emprior.diffusion.schedule import Schedule
 from emprior.core import preempt
 from emprior.core.errors import ArtifactError, NumericalError, Preempted
 from emprior.core.log import get_logger
+from emprior.core.precision import Precision
 
 log = get_logger("emprior.training.mstep")
 
@@ -144,8 +145,13 @@ def shard_model(denoiser: torch.nn.Module, mstep: dict[str, Any], context: str) 
 def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Schedule, mstep: dict[str, Any],
                    generator: torch.Generator, resume_path: str | Path | None = None,
                    progress: bool = False, context: str = "M-step",
-                   loss_fn: Callable[..., torch.Tensor] | None = None) -> dict[str, Any]:
+                   loss_fn: Callable[..., torch.Tensor] | None = None,
+                   precision: Precision | None = None) -> dict[str, Any]:
     """Train in place; returns {"loss": per-chunk mean losses, "steps", "ema": EMA or None, "seconds"}.
+
+    ``precision`` (:class:`~emprior.core.precision.Precision`, default: float32, no compile) applies to
+    the network's forward in the loss only: under ``autocast: bf16`` the loss, the gradients of the
+    float32 parameters, clipping, Adam and the EMA stay float32.
 
     ``loss_fn(denoiser, x, schedule, generator, step)`` replaces the unconditional DSM loss (Eq. 4) for a
     model with another signature (DiffEM's conditional denoiser); it must draw its randomness from
@@ -189,7 +195,9 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
     denoiser.train()
     # the loss's network: ``denoiser`` itself, or this rank's share of it in a multi-process M-step
     world = distributed.world_size() if distributed.active() else 1
-    model = denoiser if world == 1 else shard_model(denoiser, mstep, context)
+    precision = Precision() if precision is None else precision
+    net = precision.compiled(denoiser)  # shares denoiser's parameters
+    model = precision.autocast_of(net if world == 1 else shard_model(net, mstep, context))
     begin = time.perf_counter()
     for step in tqdm(range(start_step, steps), desc=context, disable=not progress, initial=start_step,
                      total=steps):
@@ -240,16 +248,17 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
 def em_mstep(net: torch.nn.Module, x: torch.Tensor, schedule: Schedule, mstep: dict[str, Any],
              generator: torch.Generator, context: str = "M-step",
              resume_path: str | Path | None = None,
-             loss_fn: Callable[..., torch.Tensor] | None = None) -> dict[str, Any]:
+             loss_fn: Callable[..., torch.Tensor] | None = None,
+             precision: Precision | None = None) -> dict[str, Any]:
     """The M-step of Algorithm 1 on posterior samples x: leave out samples outside ``mstep.max_abs``,
-    train ``net`` from its current weights (``loss_fn``: see :func:`train_denoiser`), then put the EMA
-    weights (if any) into ``net``.
+    train ``net`` from its current weights (``loss_fn``, ``precision``: see :func:`train_denoiser`), then
+    put the EMA weights (if any) into ``net``.
 
     Returns :func:`train_denoiser`'s record plus ``raw`` (the trained weights before the EMA copy: the
     next iteration starts from them), ``dropped`` and ``n_data``."""
     x, dropped = within_box(x, mstep.get("max_abs"), context)
     result = train_denoiser(net, x, schedule, mstep, generator, resume_path=resume_path, context=context,
-                            loss_fn=loss_fn)
+                            loss_fn=loss_fn, precision=precision)
     raw = {k: v.clone() for k, v in net.state_dict().items()}
     if result["ema"] is not None:
         result["ema"].copy_to(net)
