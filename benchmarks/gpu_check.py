@@ -3,7 +3,7 @@ with random weights, on one device, in at most ~4 minutes on a GPU. Not a test.
 
     PYTHONPATH=src python3 benchmarks/gpu_check.py [--device cuda] [--autocast none bf16] [--no-tf32] [--compile]
     PYTHONPATH=src python3 benchmarks/gpu_check.py --device cpu --hid-channels 16 32 48 --hid-blocks 1 1 1 \\
-        --batch 16 --estep-batch 16 --mstep-steps 2 --estep-steps 2 --warmup 1   # reduced: ~2 min on 2 cores
+        --batch 16 --estep-batch 16 --mstep-steps 4 --estep-steps 2 --warmup 1 --repeats 5   # reduced sizes
 
 Needs torch, numpy, PyYAML, tqdm and h5py (imported by emprior.core.artifacts); no Snakemake, and no
 jsonschema (the net and the operator are built from their options dataclasses, see ``build_net``).
