@@ -38,7 +38,7 @@ def prior_samples_shard(job: Job, shard: int, model: str, out: str) -> None:
     ev = job.exp["evaluate"]
     shards = ev.get("shards", 1)
     n, keys = shard_size(ev["n_samples"], shards, shard), shard_stream(shards, shard)
-    prior = load_prior(model, device=job.device)
+    prior = load_prior(model, device=job.device, precision=job.precision)
     start = time.perf_counter()
     x = method_of(job).sample_prior(job, prior, n, job.generator(*keys))
     save_h5(out, {"x": x.float().cpu()},
