@@ -23,6 +23,8 @@ import numpy as np
 
 from emprior.core.digest import sha256_file
 from emprior.core.errors import ArtifactError
+from emprior.core.storage import DEFAULT as DEFAULT_STORAGE
+from emprior.core.storage import SOURCE_DTYPE_ATTR, Storage, dataset_kwargs, restore, stored_array
 
 SIDE = ".prov.json"
 
@@ -132,18 +134,31 @@ def _is_tensor(value: Any) -> bool:
 
 
 def save_h5(path: str | Path, datasets: dict[str, Any], attrs: dict[str, Any] | None = None,
-            provenance: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None) -> Path:
+            provenance: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None,
+            storage: Storage | None = None, samples: tuple[str, ...] = ()) -> Path:
     """Write ``datasets`` (name -> array; names may contain '/' for groups) and ``attrs``.
 
-    Provenance goes both into the file's attributes (``provenance`` as JSON) and the sidecar.
+    Every dataset is chunked and compressed as ``storage`` says (default: lossless gzip,
+    :mod:`emprior.core.storage`); the datasets named in ``samples`` (posterior / prior samples) are
+    also stored in its ``dtype`` (float16 is lossy: marked on the dataset, read back by
+    :func:`load_h5` in the dtype it came from). Provenance goes both into the file's attributes
+    (``provenance`` as JSON, with the storage record under ``storage``) and the sidecar.
     """
+    storage = storage or DEFAULT_STORAGE
+    if provenance is not None:
+        provenance = {**provenance, "storage": {**storage.record(),
+                                                "samples": [n for n in datasets if n in samples]}}
 
     def writer(tmp: Path) -> None:
         with h5py.File(tmp, "w", track_order=True) as f:
             for name, value in datasets.items():
                 if _is_tensor(value):
                     value = value.detach().cpu().numpy()
-                f.create_dataset(name, data=np.asarray(value))
+                value = np.asarray(value)
+                data = stored_array(value, storage, sample=name in samples)
+                dset = f.create_dataset(name, data=data, **dataset_kwargs(data, storage))
+                if data.dtype != value.dtype:
+                    dset.attrs[SOURCE_DTYPE_ATTR] = str(value.dtype)
             for key, value in (attrs or {}).items():
                 f.attrs[key] = _attr_value(value)
             if provenance is not None:
@@ -163,7 +178,8 @@ def _checked(path: str | Path, rule: str | None, check: bool) -> tuple[Path, str
 
 def load_h5(path: str | Path, rule: str | None = None, check: bool = True
             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Verify and read every dataset and attribute of an HDF5 artifact."""
+    """Verify and read every dataset and attribute of an HDF5 artifact (a dataset stored in a lossy
+    dtype comes back in the dtype it was written from, e.g. float16 -> float32)."""
     path, made_by = _checked(path, rule, check)
     try:
         with h5py.File(path, "r") as f:
@@ -171,7 +187,7 @@ def load_h5(path: str | Path, rule: str | None = None, check: bool = True
 
             def visit(name: str, obj: Any) -> None:
                 if isinstance(obj, h5py.Dataset):
-                    data[name] = obj[()]
+                    data[name] = restore(obj[()], obj.attrs)
 
             f.visititems(visit)
             attrs = {}

@@ -21,8 +21,8 @@ was expected.
 """
 
 from emprior.core.registry import import_submodules
-from emprior.data.base import DATASETS, load_dataset, prepare_dataset
+from emprior.data.base import DATASETS, dataset_shape, load_dataset, prepare_dataset
 
 import_submodules(__name__, __path__)  # a new plug-in file registers itself
 
-__all__ = ["DATASETS", "load_dataset", "prepare_dataset"]
+__all__ = ["DATASETS", "dataset_shape", "load_dataset", "prepare_dataset"]

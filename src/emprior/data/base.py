@@ -40,6 +40,12 @@ class Dataset:
     def prepare(cls, opts: Any) -> Path | None:
         return None
 
+    @classmethod
+    def shape(cls, opts: Any, seed: int) -> tuple[int, ...]:
+        """(N, *event_shape) of :meth:`load`'s array; loads it unless a plug-in knows it without reading
+        its files (used by the disk plan before any data is present)."""
+        return tuple(int(s) for s in cls.load(opts, seed).shape)
+
 
 def first_n(x: np.ndarray, n: int | None, name: str) -> np.ndarray:
     """The first ``n`` items of a loaded data set (all if None), C-contiguous."""
@@ -88,6 +94,12 @@ def load_dataset(cfg: dict[str, Any], seed: int) -> np.ndarray:
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
         raise ConfigError(f"dataset.n: must be an integer >= 1, got {n!r}")
     return plugin.load(opts, seed)
+
+
+def dataset_shape(cfg: dict[str, Any], seed: int) -> tuple[int, ...]:
+    """(N, *event_shape) of the data set a config's ``dataset`` mapping describes."""
+    plugin, opts = dataset_options(cfg)
+    return plugin.shape(opts, seed)
 
 
 def prepare_dataset(cfg: dict[str, Any]) -> Path | None:

@@ -148,6 +148,11 @@ class Cifar10(Dataset):
         return first_n(load_cifar10(opts.root, split=opts.split), opts.n, "cifar10")
 
     @classmethod
+    def shape(cls, opts: Cifar10Options, seed: int) -> tuple[int, ...]:
+        n = 10000 * len(_CIFAR10_BATCHES[opts.split])
+        return (min(n, opts.n or n), 3, 32, 32)
+
+    @classmethod
     def prepare(cls, opts: Cifar10Options) -> Path:
         """Download the archive unless the extracted batches are in ``root`` (an archive already there is
         kept if its md5 matches)."""

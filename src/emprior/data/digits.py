@@ -9,6 +9,8 @@ import numpy as np
 from emprior.core.registry import option
 from emprior.data.base import DATASETS, Dataset, first_n
 
+N_DIGITS = 1797  # images in scikit-learn's digits
+
 
 @dataclass(frozen=True)
 class DigitsOptions:
@@ -33,3 +35,7 @@ class Digits(Dataset):
     @classmethod
     def load(cls, opts: DigitsOptions, seed: int) -> np.ndarray:
         return first_n(load_digits(), opts.n, "digits")
+
+    @classmethod
+    def shape(cls, opts: DigitsOptions, seed: int) -> tuple[int, ...]:
+        return (min(N_DIGITS, opts.n or N_DIGITS), 1, 8, 8)

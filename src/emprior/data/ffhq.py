@@ -71,6 +71,10 @@ class FFHQ(Dataset):
         return load_ffhq(opts.root, n=n, size=int(opts.size))
 
     @classmethod
+    def shape(cls, opts: FFHQOptions, seed: int) -> tuple[int, ...]:
+        return (FFHQOptions.n if opts.n is None else int(opts.n), 3, int(opts.size), int(opts.size))
+
+    @classmethod
     def prepare(cls, opts: FFHQOptions) -> Path:
         """Check that the folder holds PNGs (no automatic download)."""
         root = Path(opts.root)

@@ -51,3 +51,7 @@ class Manifold(Dataset):
     def load(cls, opts: ManifoldOptions, seed: int) -> np.ndarray:
         return make_manifold(int(opts.n), int(opts.dim), seed, n_freq=opts.n_freq, smoothness=opts.smoothness,
                              noise_std=opts.noise_std, scaling=opts.scaling)
+
+    @classmethod
+    def shape(cls, opts: ManifoldOptions, seed: int) -> tuple[int, ...]:
+        return (int(opts.n), int(opts.dim))

@@ -28,6 +28,7 @@ import torch
 from emprior.core.artifacts import load_h5, save_h5
 from emprior.core.errors import ArtifactError
 from emprior.core.rng import numpy_rng, torch_generator
+from emprior.core.storage import Storage
 
 
 @dataclass
@@ -64,14 +65,16 @@ def corrupt(x: np.ndarray, obs_cfg: dict[str, Any], seed: int, experiment: str) 
     return Observations(y=y, index=np.arange(len(x_t)), op=op, noise_std=float(obs_cfg["noise_std"]), seed=seed)
 
 
-def save_observations(path: str | Path, obs: Observations, provenance: dict[str, Any]) -> None:
+def save_observations(path: str | Path, obs: Observations, provenance: dict[str, Any],
+                      storage: Storage | None = None) -> None:
+    """Write observations.h5 (the schema above); ``storage`` picks the codec, never a lossy dtype."""
     from emprior.operators import save_operator_arrays
 
     arrays, attrs = save_operator_arrays(obs.op)
     datasets = {"y": obs.y.float().numpy(), "index": obs.index.astype(np.int64)}
     datasets.update({f"op/{k}": v for k, v in arrays.items()})
     save_h5(path, datasets, attrs={"operator": attrs, "noise_std": obs.noise_std, "seed": obs.seed},
-            provenance=provenance)
+            provenance=provenance, storage=storage)
 
 
 def load_observations(path: str | Path) -> Observations:
@@ -94,8 +97,10 @@ def load_observations(path: str | Path) -> Observations:
                         seed=int(attrs["seed"]))
 
 
-def save_clean(path: str | Path, x: np.ndarray, dataset_cfg: dict[str, Any], provenance: dict[str, Any]) -> None:
-    save_h5(path, {"x": np.asarray(x, dtype=np.float32)}, attrs={"dataset": dataset_cfg}, provenance=provenance)
+def save_clean(path: str | Path, x: np.ndarray, dataset_cfg: dict[str, Any], provenance: dict[str, Any],
+               storage: Storage | None = None) -> None:
+    save_h5(path, {"x": np.asarray(x, dtype=np.float32)}, attrs={"dataset": dataset_cfg}, provenance=provenance,
+            storage=storage)
 
 
 def load_clean(path: str | Path) -> np.ndarray:

@@ -15,6 +15,7 @@ from emprior.core.artifacts import load_h5, save_h5, save_torch, verify
 from emprior.core.errors import ArtifactError
 from emprior.core.job import Job
 from emprior.core.log import get_logger
+from emprior.core.storage import storage_of
 from emprior.pipeline.commands import command
 
 log = get_logger("emprior.pipeline.em")
@@ -71,7 +72,8 @@ def estep(job: Job, shard: int, model: str, observations: str, out: str) -> None
     save_h5(out, {"x": res["x"], "index": res["index"], "residual_ratio": res["residual_ratio"]},
             attrs={"blocks": res["blocks"], "block_seeds": [str(s) for s in res["block_seeds"]],
                    "solver": res["solver"], "shard": shard, "shards": est["shards"], "iteration": job.iteration},
-            provenance=job.provenance("estep_shard", shard=shard), runtime={"seconds": res["seconds"]})
+            provenance=job.provenance("estep_shard", shard=shard), runtime={"seconds": res["seconds"]},
+            storage=storage_of(job.config), samples=("x",))
     shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -94,7 +96,8 @@ def gather(job: Job, out: str, shards: list[str]) -> None:
     if not np.isfinite(x).all():
         raise ArtifactError(f"{out}: non-finite posterior samples in shards")
     save_h5(out, {"x": x, "index": index[order], "residual_ratio": np.concatenate(ratios)[order]},
-            attrs={"shards": info, "iteration": job.iteration}, provenance=job.provenance("gather_posterior"))
+            attrs={"shards": info, "iteration": job.iteration}, provenance=job.provenance("gather_posterior"),
+            storage=storage_of(job.config), samples=("x",))
 
 
 @command("mstep", ids=("experiment", "variant", "iteration"))

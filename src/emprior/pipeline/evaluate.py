@@ -11,6 +11,7 @@ from emprior.core.artifacts import save_h5, save_json
 from emprior.core.errors import ConfigError
 from emprior.core.job import Job
 from emprior.core.log import get_logger
+from emprior.core.storage import storage_of
 from emprior.pipeline.commands import command
 from emprior.pipeline.em import method_of
 
@@ -26,7 +27,8 @@ def prior_samples(job: Job, model: str, out: str) -> None:
     start = time.perf_counter()
     x = method_of(job).sample_prior(job, prior, job.exp["evaluate"]["n_samples"], job.generator("prior_samples"))
     save_h5(out, {"x": x.float().cpu()}, attrs={"iteration": job.iteration},
-            provenance=job.provenance("prior_samples"), runtime={"seconds": time.perf_counter() - start})
+            provenance=job.provenance("prior_samples"), runtime={"seconds": time.perf_counter() - start},
+            storage=storage_of(job.config), samples=("x",))
 
 
 @command("prior-samples-shard", ids=("experiment", "variant", "iteration"))

@@ -1,0 +1,53 @@
+"""disk-plan: the planned bytes of the tiny config, against closed forms (n x C x H x W x bytes)."""
+
+import io
+
+import torch
+
+from emprior.config.loading import load_config
+from emprior.core.storage import Storage
+from emprior.nets import build_denoiser
+from emprior.pipeline.cli import main
+from emprior.report.disk import format_plan, plan
+
+
+def _by(items, exp, var, artifact):
+    (item,) = [i for i in items if (i.experiment, i.variant, i.artifact) == (exp, var, artifact)]
+    return item
+
+
+def test_tiny_plan_matches_closed_form(repo):
+    cfg = load_config(repo / "config" / "tiny.yaml")
+    items = plan(cfg)
+    n, d = 128, 1 * 8 * 8  # digits: n: 128, events (1, 8, 8)
+    assert _by(items, "digits", None, "data/clean.h5").raw == n * d * 4
+    # y float32 + index int64 + pixel_mask's per-observation boolean mask
+    assert _by(items, "digits", None, "data/observations.h5").raw == n * d * 4 + n * 8 + n * d * 1
+    post = _by(items, "digits", "diem_sigma_t", "iter_k/posterior.h5")
+    assert (post.files, post.raw) == (1, n * (d * 4 + 8 + 4))
+    prior = _by(items, "digits", "diem_tweedie", "iter_k/prior_samples.h5")
+    assert (prior.files, prior.raw) == (2, 64 * d * 4)  # iterations 0 and 1, evaluate.n_samples 64
+    man = _by(items, "manifold", "diem_tweedie", "iter_k/posterior/shard_*.h5 (all shards)")
+    assert (man.files, man.raw) == (2, 512 * (5 * 4 + 12))
+    # model.pt: EMA + raw weights of the config's U-Net; a real checkpoint of them is that plus pickle overhead
+    net = build_denoiser(dict(cfg["experiments"]["digits"]["denoiser"]), (1, 8, 8))
+    weights = sum(p.numel() * 4 for p in net.state_dict().values())
+    model = _by(items, "digits", "diem_tweedie", "iter_k/model.pt")
+    assert model.raw == 2 * weights
+    buf = io.BytesIO()
+    torch.save({"weights": net.state_dict(), "raw_weights": {k: v.clone() for k, v in net.state_dict().items()}}, buf)
+    assert model.raw <= len(buf.getvalue()) <= model.raw + 64_000
+    # float16 halves the sample bytes of posterior and prior samples only
+    items16 = plan({**cfg, "storage": {"dtype": "float16"}})
+    assert _by(items16, "digits", "diem_sigma_t", "iter_k/posterior.h5").stored == n * (d * 2 + 12)
+    assert _by(items16, "digits", "diem_tweedie", "iter_k/prior_samples.h5").stored == 64 * d * 2
+    assert _by(items16, "digits", None, "data/observations.h5").stored == n * d * 4 + n * 8 + n * d
+    total = sum(i.total_raw for i in items)
+    text = format_plan(items, Storage())
+    assert "gzip level 4" in text and "TOTAL" in text and f"{total / 1e3:.2f} kB" in text.splitlines()[-1]
+
+
+def test_disk_plan_command(repo, capsys):
+    assert main(["disk-plan", "--config", str(repo / "config" / "tiny.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "digits" in out and "iter_k/posterior.h5" in out and "before compression" in out
