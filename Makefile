@@ -1,14 +1,15 @@
 # Two commands for a fresh machine (see README):
 #   make run    create .venv, install, run the CPU preset end to end (snakemake -c all all)
 #   make test   create .venv, install, run the test suite
-# Others: make slurm-test (local single-node SLURM cluster, needs root + apt), make bench, make dry-paper
+# Others: make slurm-test (local single-node SLURM cluster, needs root + apt), make bench, make dry-paper,
+#   make disk-plan [CONFIG=config/paper.yaml] (planned disk use of a config's artifacts)
 
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test slurm-test bench dry-paper clean-results
+.PHONY: run test slurm-test bench dry-paper disk-plan clean-results
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -32,6 +33,9 @@ bench: $(STAMP)
 
 dry-paper: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile slurm -n all
+
+disk-plan: $(STAMP)
+	$(BIN)/python -m emprior disk-plan --config $(or $(CONFIG),config/paper.yaml)
 
 clean-results:
 	rm -rf results/*/ results/.config

@@ -116,11 +116,14 @@ def plan(config: dict[str, Any]) -> list[Item]:
 
 
 def human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    """Decimal units: 614400000 -> '614.40 MB'."""
+    if abs(n) < 1000:
+        return f"{n:.0f} B"
+    for unit in ("kB", "MB", "GB"):
         n /= 1000
-    raise AssertionError
+        if abs(n) < 1000:
+            return f"{n:.2f} {unit}"
+    return f"{n / 1000:.2f} TB"
 
 
 def format_plan(items: list[Item], storage: Storage, source: str = "config") -> str:
