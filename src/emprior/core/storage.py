@@ -3,6 +3,7 @@
 Every dataset that :func:`emprior.core.artifacts.save_h5` writes goes through :func:`dataset_kwargs`:
 
 * chunks are blocks of whole samples along the first axis, about :data:`CHUNK_BYTES` each
+  (datasets under :data:`MIN_CHUNKED_BYTES` stay contiguous and uncompressed)
   (``rows = max(1, CHUNK_BYTES // bytes_per_sample)``, at most N), so reading a block of samples
   touches few chunks and a chunk never splits a sample;
 * compression is lossless (``gzip`` with the byte-shuffle filter by default, or ``lzf``, or ``none``);
@@ -28,6 +29,8 @@ import numpy as np
 from emprior.core.errors import ConfigError
 
 CHUNK_BYTES = 1 << 20
+# below this a chunk index costs more than compression saves (docs/storage.md): stay contiguous
+MIN_CHUNKED_BYTES = 16 << 10
 COMPRESSIONS = ("gzip", "lzf", "none")
 DTYPES = ("float32", "float16")
 SOURCE_DTYPE_ATTR = "stored_from_dtype"  # on a dataset cast to a lossy storage dtype: the dtype it came from
@@ -88,10 +91,10 @@ def stored_array(value: np.ndarray, storage: Storage, sample: bool) -> np.ndarra
 def dataset_kwargs(value: np.ndarray, storage: Storage) -> dict[str, Any]:
     """``h5py.Group.create_dataset`` keywords (besides ``data``) for ``value`` under ``storage``.
 
-    Scalars and empty arrays cannot be chunked and stay contiguous; ``none`` keeps today's contiguous
-    layout, byte for byte."""
+    Arrays under :data:`MIN_CHUNKED_BYTES` (scalars, indices of small sets) stay contiguous, as does
+    everything with ``none``: the layout of the writer before storage options, byte for byte."""
     kw: dict[str, Any] = {"track_times": False}
-    if storage.compression == "none" or value.ndim == 0 or value.size == 0:
+    if storage.compression == "none" or value.ndim == 0 or value.nbytes < MIN_CHUNKED_BYTES:
         return kw
     # shuffle groups the bytes of equal significance (sign/exponent bytes of floats repeat a lot)
     kw.update(chunks=(chunk_rows(value.shape, value.dtype.itemsize), *value.shape[1:]), shuffle=True,

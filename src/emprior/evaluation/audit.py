@@ -1,7 +1,8 @@
 """``python -m emprior audit RESULTS_DIR``: one row per EM iteration from its metrics.json, with
 anomalies flagged: NaN/Inf anywhere, a residual blow-up in the E-step, solver breakdowns, > 5 % of
 posterior samples left out of the M-step by mstep.max_abs, missing or tampered artifacts, missing
-shard files."""
+shard files. Iterations whose samples were stored in a lossy dtype (``storage.dtype: float16``, from
+the files' provenance) get a ``lossy_samples`` column naming the dtype and files; none otherwise."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
         experiment, variant = it_dir.parent.parent.name, it_dir.parent.name
         k = int(ITER.search(it_dir.name).group(1))
         flags: list[str] = []
+        lossy: dict[str, str] = {}
         row: dict[str, Any] = {"experiment": experiment, "variant": variant, "iteration": k}
         # evaluate.iterations may leave an iteration before the last without prior samples and metrics
         evaluated = k == last[it_dir.parent] or any((it_dir / n).exists() for n in EVALUATION)
@@ -68,9 +70,13 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
                 flags.append(f"missing {name}")
                 continue
             try:
-                verify(path)
+                record = verify(path)
             except ArtifactError as exc:
                 flags.append(f"bad {name}: {exc}")
+                continue
+            storage = (record.get("provenance") or {}).get("storage") or {}
+            if storage.get("lossy"):
+                lossy[name] = storage.get("dtype")
         if k:
             shard_dir = it_dir / "posterior"
             shards = sorted(shard_dir.glob("shard_*.h5")) if shard_dir.exists() else []
@@ -118,6 +124,8 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
             frac = e.get("breakdown_fraction")
             if frac is not None and frac > breakdown_limit:
                 flags.append(f"solver breakdowns in {100 * frac:.1f} % of solves")
+        if lossy:
+            row["lossy_samples"] = f"{'/'.join(sorted(set(lossy.values())))} ({', '.join(lossy)})"
         row["flags"] = "; ".join(flags) or "ok"
         rows.append(row)
     return pd.DataFrame(rows)

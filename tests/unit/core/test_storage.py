@@ -10,7 +10,7 @@ import torch
 from emprior.config.loading import job_config, validate_config
 from emprior.core.artifacts import load_h5, save_h5, sidecar, verify
 from emprior.core.errors import ArtifactError, ConfigError
-from emprior.core.storage import CHUNK_BYTES, SOURCE_DTYPE_ATTR, Storage, chunk_rows, storage_of
+from emprior.core.storage import CHUNK_BYTES, MIN_CHUNKED_BYTES, SOURCE_DTYPE_ATTR, Storage, chunk_rows, storage_of
 
 CIFAR = (300, 3, 32, 32)
 
@@ -41,6 +41,7 @@ def test_default_is_lossless_chunked_gzip(tmp_path):
         d = f["x"]
         assert (d.compression, d.compression_opts, d.shuffle, d.chunks) == ("gzip", 4, True, (85, 3, 32, 32))
         assert SOURCE_DTYPE_ATTR not in d.attrs
+        assert f["residual_ratio"].chunks is None and f["residual_ratio"].nbytes < MIN_CHUNKED_BYTES
         assert h5py.h5o.get_info(d.id).ctime == 0  # no creation time in the file: equal inputs, equal bytes
         assert json.loads(f.attrs["provenance"])["storage"] == {"compression": "gzip", "level": 4,
                                                                 "dtype": "float32", "lossy": False, "samples": ["x"]}
@@ -90,7 +91,7 @@ def test_float16_is_opt_in_marked_and_within_rounding(tmp_path):
 def test_observations_round_trip_exactly(tmp_path):
     from emprior.data.observations import corrupt, load_observations, save_observations
 
-    x = _samples((40, 1, 8, 8)).numpy()
+    x = _samples((100, 1, 8, 8)).numpy()
     obs = corrupt(x, {"operator": "pixel_mask", "options": {"deleted": 0.75}, "noise_std": 1e-3}, 0, "digits")
     save_observations(tmp_path / "observations.h5", obs, {"rule": "observe"}, Storage(dtype="float16"))
     back = load_observations(tmp_path / "observations.h5")
@@ -98,6 +99,7 @@ def test_observations_round_trip_exactly(tmp_path):
     assert torch.equal(back.op.A(torch.from_numpy(x)), obs.op.A(torch.from_numpy(x)))
     with h5py.File(tmp_path / "observations.h5") as f:
         assert f["y"].compression == "gzip" and f["y"].dtype == np.float32
+        assert f["index"].chunks is None and f["index"].compression is None  # 800 bytes: contiguous
 
 
 def test_corrupt_compressed_file_fails_its_checksum(tmp_path):
@@ -124,3 +126,23 @@ def test_storage_config_is_validated_and_carried(repo):
             validate_config({**cfg, "storage": bad})
         with pytest.raises(ConfigError, match=field):
             storage_of({"storage": bad})
+
+
+def test_float16_shards_gather_to_the_same_float16_values(tmp_path):
+    from emprior.core.job import Job
+    from emprior.pipeline.em import gather
+
+    cfg = {"seed": 0, "results": str(tmp_path), "storage": {"dtype": "float16"}}
+    x = _samples((16, 3, 8, 8))
+    shards = []
+    for j, rows in enumerate([np.arange(8, 16), np.arange(8)]):
+        path = tmp_path / f"shard_{j}.h5"
+        save_h5(path, {"x": x[rows], "index": rows, "residual_ratio": np.ones(8, np.float32)},
+                attrs={"blocks": [j], "block_seeds": [str(j)], "solver": {}}, provenance={"rule": "estep_shard"},
+                storage=storage_of(cfg), samples=("x",))
+        shards.append(str(path))
+    gather(Job(cfg, "e", "v", 1), str(tmp_path / "posterior.h5"), shards)
+    with h5py.File(tmp_path / "posterior.h5") as f:
+        on_disk = f["x"][()]
+    assert on_disk.dtype == np.float16 and np.array_equal(on_disk, x.numpy().astype(np.float16))  # no double rounding
+    assert json.loads(sidecar(tmp_path / "posterior.h5").read_text())["provenance"]["storage"]["dtype"] == "float16"

@@ -44,6 +44,20 @@ def test_iteration_one_check_is_listed_after_the_rows(tmp_path):
     assert row == [["exp", "var", "0.8187", "0.009", "0.02251", "0.0036", "64", "16"]]
 
 
+def test_lossy_sample_storage_is_shown(tmp_path):
+    from emprior.core.storage import Storage
+
+    _iteration(tmp_path, 0)
+    d = _iteration(tmp_path, 1)
+    save_h5(d / "prior_samples.h5", {"x": np.zeros((4, 2))}, provenance={"rule": "prior_samples"},
+            storage=Storage(dtype="float16"), samples=("x",))
+    df = audit_rows(tmp_path).set_index("iteration")
+    assert df.loc[1, "lossy_samples"] == "float16 (prior_samples.h5)" and df.loc[1, "flags"] == "ok"
+    assert df.loc[0, "lossy_samples"] != df.loc[0, "lossy_samples"]  # NaN: stored lossless
+    _iteration(tmp_path / "lossless", 1)
+    assert "lossy_samples" not in audit_rows(tmp_path / "lossless").columns  # default: audit output unchanged
+
+
 def test_anomalies_are_flagged(tmp_path):
     _iteration(tmp_path, 0, quality={"sinkhorn": None, "error": "non-finite prior samples"})
     _iteration(tmp_path, 1, estep={"residual_ratio_mean": 250.0, "residual_ratio_q": {"0.1": 0.2, "0.5": 0.9}})
