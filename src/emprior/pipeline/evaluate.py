@@ -46,7 +46,7 @@ def prior_samples_shard(job: Job, shard: int, model: str, out: str) -> None:
     save_h5(out, {"x": x.float().cpu()},
             attrs={"iteration": job.iteration, "shard": shard, "shards": shards, "seed": str(job.derive_seed(*keys))},
             provenance=job.provenance("prior_samples_shard", shard=shard),
-            runtime={"seconds": time.perf_counter() - start})
+            runtime={"seconds": time.perf_counter() - start}, storage=storage_of(job.config), samples=("x",))
 
 
 @command("gather-prior-samples", ids=("experiment", "variant", "iteration"), torch=False)
@@ -57,7 +57,8 @@ def gather_prior_samples(job: Job, out: str, shards: list[str]) -> None:
     ev = job.exp["evaluate"]
     x, info, seconds = gather_shards(shards, ev["n_samples"], ev.get("shards", 1), out)
     save_h5(out, {"x": x}, attrs={"iteration": job.iteration, "shards": info},
-            provenance=job.provenance("gather_prior_samples"), runtime={"seconds": seconds})
+            provenance=job.provenance("gather_prior_samples"), runtime={"seconds": seconds},
+            storage=storage_of(job.config), samples=("x",))
 
 
 @command("estep-check", ids=("experiment", "variant"))

@@ -8,7 +8,10 @@ Bytes are those of the arrays each artifact holds, computed in closed form from 
 * per EM iteration k of a variant with an E-step: ``posterior.h5`` and its shards (kept: the audit
   trail), each N_k x (prod(x_shape) x s + 8 + 4) bytes (samples in s bytes, int64 index, float32
   residual ratio), N_k the E-step's observations (all, or the method's subset);
-* per evaluated iteration: ``prior_samples.h5``, n_samples x prod(x_shape) x s;
+* per evaluated iteration (``evaluate.iterations``): ``prior_samples.h5``, n_samples x prod(x_shape) x s,
+  and as much again in its shards when ``evaluate.shards`` > 1 (kept, like the E-step's);
+* with ``evaluate.fid``: ``data/fid_reference.h5``, the 2048-d Inception mean (float32) and covariance
+  (float64);
 * per iteration: ``model.pt``, 2 x the bytes of the denoiser's state dict (EMA and raw weights),
   counted on the experiment's ``denoiser`` network built on the meta device.
 
@@ -27,6 +30,7 @@ import numpy as np
 from emprior.core.storage import Storage, storage_of
 
 F32, I64 = 4, 8
+FID_FEATURES = 2048
 SAMPLE_DTYPE_BYTES = {"float32": 4, "float16": 2}
 
 
@@ -80,6 +84,7 @@ def plan(config: dict[str, Any]) -> list[Item]:
     """Every artifact kind of every experiment / variant in ``config``, with its count and sizes."""
     from emprior.core.job import Job
     from emprior.data import dataset_shape
+    from emprior.evaluation.selection import evaluated_iterations
     from emprior.methods import make_method
 
     storage = storage_of(config)
@@ -93,6 +98,9 @@ def plan(config: dict[str, Any]) -> list[Item]:
         y_bytes, op_bytes = _operator_bytes(exp["observation"], n, x_shape, int(config["seed"]))
         obs = n * (y_bytes + I64) + op_bytes
         items.append(Item(name, None, "data/observations.h5", 1, obs, obs))
+        if exp["evaluate"].get("fid"):
+            fid = FID_FEATURES * F32 + FID_FEATURES**2 * I64
+            items.append(Item(name, None, "data/fid_reference.h5", 1, fid, fid))
         model = 2 * _state_dict_bytes(exp["denoiser"], x_shape)
         n_eval = int(exp["evaluate"]["n_samples"])
         iterations = int(exp["iterations"])
@@ -109,8 +117,12 @@ def plan(config: dict[str, Any]) -> list[Item]:
                 stored = sum(r * (d * s + I64 + F32) for r in rows)
                 for artifact in ("iter_k/posterior.h5", "iter_k/posterior/shard_*.h5 (all shards)"):
                     items.append(Item(name, vname, artifact, iterations, raw // iterations, stored // iterations))
-            n_evaluated = iterations + 1 - first
-            items.append(Item(name, vname, "iter_k/prior_samples.h5", n_evaluated, n_eval * d * F32, n_eval * d * s))
+            n_evaluated = len(evaluated_iterations(exp, first))
+            prior = ["iter_k/prior_samples.h5"]
+            if exp["evaluate"].get("shards", 1) > 1:
+                prior.append("iter_k/prior_samples/shard_*.h5 (all shards)")
+            for artifact in prior:
+                items.append(Item(name, vname, artifact, n_evaluated, n_eval * d * F32, n_eval * d * s))
             items.append(Item(name, vname, "iter_k/model.pt", iterations, model, model))
     return items
 

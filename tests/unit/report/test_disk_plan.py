@@ -42,6 +42,14 @@ def test_tiny_plan_matches_closed_form(repo):
     assert _by(items16, "digits", "diem_sigma_t", "iter_k/posterior.h5").stored == n * (d * 2 + 12)
     assert _by(items16, "digits", "diem_tweedie", "iter_k/prior_samples.h5").stored == 64 * d * 2
     assert _by(items16, "digits", None, "data/observations.h5").stored == n * d * 4 + n * 8 + n * d
+    # sharded prior samples are kept beside prior_samples.h5; evaluate.iterations picks the files; FID statistics
+    cfg2 = {**cfg, "experiments": {"digits": {**cfg["experiments"]["digits"]}}}
+    cfg2["experiments"]["digits"]["evaluate"] = {**cfg["experiments"]["digits"]["evaluate"], "shards": 2,
+                                                 "iterations": "final", "fid": True}
+    items2 = plan(cfg2)
+    shards = _by(items2, "digits", "diem_tweedie", "iter_k/prior_samples/shard_*.h5 (all shards)")
+    assert (shards.files, shards.raw) == (1, 64 * d * 4)
+    assert _by(items2, "digits", None, "data/fid_reference.h5").raw == 2048 * 4 + 2048**2 * 8
     total = sum(i.total_raw for i in items)
     text = format_plan(items, Storage())
     assert "gzip level 4" in text and "TOTAL" in text and f"{total / 1e3:.2f} kB" in text.splitlines()[-1]
