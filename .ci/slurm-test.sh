@@ -10,12 +10,15 @@
 #   phase 1  plumbing: tests/workflow/slurm/plumbing/Snakefile (localrule, CPU rule, GPU rule that fails once
 #            and is retried with doubled memory) -- proves cluster + profile + resources.
 #   phase 2  the real workflow with config/tiny.yaml, `all` target.
+#   phase 3  ddp: one M-step of phase 2 again (digits iteration 1) with mstep.gpus: 2, i.e. torchrun with 2
+#            processes (gloo on the CPU) in one job of 2 GPUs and 2 x cpus_per_gpu CPUs; its model.pt
+#            is compared with phase 2's 1-GPU one (phase 2's outputs are built first if it did not run).
 # What SLURM ran is read back from slurmctld (`scontrol -o show job`; MinJobAge keeps finished jobs) and
 # compared with snakemake's dry-run plan. Daemons are always stopped by PID on exit; a pre-existing
 # /etc/slurm/{slurm,gres}.conf is restored.
 #
 # Environment knobs:
-#   SLURM_TEST_PHASES="plumbing real"   which phases to run
+#   SLURM_TEST_PHASES="plumbing real ddp"  which phases to run
 #   SLURM_TEST_VENV=<repo>/.venv        venv whose bin/ goes first on PATH (jobs inherit PATH)
 #   SLURM_TEST_CONFIG=config/tiny.yaml  config for phase 2
 #   SLURM_TEST_TIMEOUT=900              seconds allowed per snakemake run (then SIGINT: jobs are cancelled)
@@ -24,7 +27,7 @@ set -euo pipefail
 
 REPO=$(pwd)
 [[ -f "$REPO/slurm/config.yaml" ]] || { echo "slurm-test: run me from the repo root (no slurm/config.yaml in $REPO)" >&2; exit 2; }
-PHASES=${SLURM_TEST_PHASES:-"plumbing real"}
+PHASES=${SLURM_TEST_PHASES:-"plumbing real ddp"}
 VENV=${SLURM_TEST_VENV:-$REPO/.venv}
 TINY=${SLURM_TEST_CONFIG:-config/tiny.yaml}
 RUN_TIMEOUT=${SLURM_TEST_TIMEOUT:-900}
@@ -230,6 +233,14 @@ run_phase() {
     if snakemake "${args[@]}" --dry-run all 2>&1 | grep -q "Nothing to be done"; then
         pass "[$name] all outputs present and up to date afterwards"
     else fail "[$name] a second dry run still has jobs to do"; fi
+    audit_phase "$name" "$mode" "$workdir" "$localrules"
+}
+
+# audit_phase NAME MODE WORKDIR LOCALRULES [CHECKER ARGS]: what slurmctld ran for the phase's snakemake
+# run vs its dry-run plan ($WORK/NAME.plan.log, .run.log, .slurm_logs).
+audit_phase() {
+    local name=$1 mode=$2 workdir=$3 localrules=$4
+    shift 4
     scontrol -o show job >"$WORK/$name.jobs.txt" 2>/dev/null || true
     # Only this run's jobs: the plugin submits every job with --job-name <SLURM run ID>.
     local uuid
@@ -242,8 +253,40 @@ run_phase() {
     "$PY" "$TOOLS" check --profile-dir "$WORK/profile/slurm" --plan "$WORK/$name.plan.log" \
         --run-log "$WORK/$name.run.log" --expect-local "$localrules" \
         --jobs "$WORK/$name.jobs.mine.txt" --logdir "$WORK/$name.slurm_logs" --workdir "$workdir" \
-        --venv "$VENV" --mode "$mode" >"$WORK/$name.check.txt" || fail "[$name] checker crashed"
+        --venv "$VENV" --mode "$mode" "$@" >"$WORK/$name.check.txt" || fail "[$name] checker crashed"
     tally < <(sed "s/^\(PASS\|FAIL\) /\1 [$name] /" "$WORK/$name.check.txt")
+}
+
+# run_ddp_phase WORKDIR LOCALRULES: phase 3 (see the top). The other rules' outputs come from phase 2
+# (--rerun-triggers mtime: the overlay config changes every job's config digest, not their inputs).
+run_ddp_phase() {
+    local workdir=$1 localrules=$2 name=ddp rc=0 t1
+    local target=results/digits/diem_tweedie/iter_001/model.pt
+    local args=(--profile "$WORK/profile/slurm" --snakefile "$REPO/Snakefile" --directory "$workdir" --nocolor)
+    mkdir -p "$WORK/ddp"
+    if [[ ! -f "$workdir/$target" ]]; then
+        say "[ddp] building phase 2's 1-GPU $target first"
+        timeout --signal=INT --kill-after=60 "$RUN_TIMEOUT" snakemake "${args[@]}" --configfiles "$REPO/$TINY" \
+            --slurm-logdir "$WORK/ddp-reference.slurm_logs" "$target" >"$WORK/ddp-reference.run.log" 2>&1 \
+            || { fail "[ddp] building the 1-GPU $target failed (see $WORK/ddp-reference.run.log)"; return; }
+    fi
+    cp -p "$workdir/$target" "$WORK/ddp/model.1gpu.pt"
+    printf 'device: cpu\nexperiments:\n  digits:\n    mstep: {gpus: 2}\n' >"$WORK/ddp/gpus2.yaml"
+    args+=(--configfiles "$REPO/$TINY" "$WORK/ddp/gpus2.yaml" --slurm-logdir "$WORK/$name.slurm_logs"
+        --rerun-triggers mtime --forcerun "$target")
+    say "[$name] snakemake ${args[*]} $target"
+    if snakemake "${args[@]}" --dry-run "$target" >"$WORK/$name.plan.log" 2>&1; then
+        pass "[$name] dry run with mstep.gpus: 2"
+    else
+        fail "[$name] dry run failed (see $WORK/$name.plan.log)"; tail -n 30 "$WORK/$name.plan.log"; return
+    fi
+    t1=$SECONDS
+    timeout --signal=INT --kill-after=60 "$RUN_TIMEOUT" snakemake "${args[@]}" "$target" >"$WORK/$name.run.log" 2>&1 || rc=$?
+    RUN_S_ddp=$((SECONDS - t1))
+    if [[ $rc -eq 0 ]]; then pass "[$name] snakemake through SLURM exited 0 in ${RUN_S_ddp}s"
+    else fail "[$name] snakemake exited $rc after ${RUN_S_ddp}s (see $WORK/$name.run.log)"; tail -n 40 "$WORK/$name.run.log"; fi
+    audit_phase "$name" ddp "$workdir" "$localrules" --target "$workdir/$target" \
+        --reference "$WORK/ddp/model.1gpu.pt" --repo "$REPO"
 }
 
 for phase in $PHASES; do
@@ -260,9 +303,13 @@ for phase in $PHASES; do
             else
                 fail "[real] workflow missing: need $REPO/Snakefile and $REPO/$TINY"
             fi ;;
+        ddp)
+            localrules=$(sed -n 's/^localrules:[[:space:]]*//p' "$REPO/Snakefile" "$REPO"/rules/*.smk \
+                | tr -d ' ' | paste -sd, -)
+            run_ddp_phase "$WORK/real" "$localrules" ;;
         *) fail "unknown phase '$phase'" ;;
     esac
 done
 
-say "timings: install ${INSTALL_S}s, cluster start ${CLUSTER_S}s, plumbing run ${RUN_S_plumbing:-n/a}s, real run ${RUN_S_real:-n/a}s, total $((SECONDS - T0))s"
+say "timings: install ${INSTALL_S}s, cluster start ${CLUSTER_S}s, plumbing run ${RUN_S_plumbing:-n/a}s, real run ${RUN_S_real:-n/a}s, ddp run ${RUN_S_ddp:-n/a}s, total $((SECONDS - T0))s"
 [[ $FAILED -eq 0 ]]   # the summary line is printed last, by cleanup

@@ -35,10 +35,6 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
 
 
-def local_world_size() -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size()))) if active() else 1
-
-
 def is_main() -> bool:
     """The process that writes artifacts: rank 0 (the only process of a single-process job)."""
     return rank() == 0

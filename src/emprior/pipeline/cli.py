@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help)
         p.add_argument("--config", required=True, help="YAML config (validated) or a job config JSON")
-        p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: config)")
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch intra-op threads of this process, of each under torchrun (default: config)")
         for ident in cmd.ids:
             p.add_argument(f"--{ident}", required=True, type=int if ident == "iteration" else str)
         for flag, kw in _arguments(cmd):
@@ -112,11 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if cmd.torch:
         import torch
 
+        # under torchrun: the threads of each process (SLURM gives the M-step cpus_per_gpu per GPU)
         threads = args.threads or config.get("torch_threads", 1)
-        from emprior.core import distributed
-
-        if distributed.active():  # torchrun: the job's cores are shared by its processes on this node
-            threads = max(1, threads // distributed.local_world_size())
         torch.set_num_threads(threads)
         # Subnormal floats (SiLU of very negative inputs, tiny gradients) slow CPU kernels a lot
         # (benchmarks/denormals.py measures it).

@@ -53,7 +53,9 @@ def write_config(cfg, path: Path, **mstep) -> Path:
     return path
 
 
-def mstep_cmd(config: Path, d: Path, out: Path, nproc: int | None, threads: int = 2) -> list[str]:
+def mstep_cmd(config: Path, d: Path, out: Path, nproc: int | None, threads: int | None = None) -> list[str]:
+    """``--threads`` is per process: the 2 cores go to one process or are split between torchrun's."""
+    threads = threads or 2 // (nproc or 1)
     launcher = ([sys.executable, "-m", "emprior"] if nproc is None else
                 [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                  "-m", "emprior"])
@@ -61,7 +63,7 @@ def mstep_cmd(config: Path, d: Path, out: Path, nproc: int | None, threads: int 
             "--iteration", "1", "--posterior", str(d / "posterior.h5"), "--out", str(out), "--threads", str(threads)]
 
 
-def run_mstep(config, d, out, nproc=None, threads=2, timeout=300):
+def run_mstep(config, d, out, nproc=None, threads=None, timeout=300):
     res = subprocess.run(mstep_cmd(config, d, out, nproc, threads), capture_output=True, text=True, timeout=timeout)
     errors = "\n".join(ln for ln in res.stderr.splitlines() if "Error" in ln or "error" in ln)
     assert res.returncode == 0, errors[-3000:]

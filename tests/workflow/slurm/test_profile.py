@@ -80,8 +80,13 @@ def test_long_gpu_rules_get_sigterm_before_their_time_limit(profile):
 
 
 def test_threads_match_cpus_per_task(profile):
-    # sbatch -c comes from cpus_per_task, the command's --threads from set-threads: they must agree.
-    assert profile["set-threads"] == {r: res["cpus_per_task"] for r, res in profile["set-resources"].items()}
+    # sbatch -c comes from cpus_per_task, the command's --threads from set-threads: they must agree. The
+    # M-step asks for --cpus-per-gpu instead (its job's CPUs grow with mstep.gpus: one process per GPU,
+    # each with --threads), so default-resources' cpus_per_task is unset for it (null).
+    set_res = profile["set-resources"]
+    assert set_res["mstep"]["cpus_per_gpu"] == 8 and set_res["mstep"]["cpus_per_task"] is None
+    per_process = {r: res["cpus_per_task"] if r != "mstep" else res["cpus_per_gpu"] for r, res in set_res.items()}
+    assert profile["set-threads"] == per_process
 
 
 @pytest.mark.parametrize("key,base", [("mem_mb", 32000), ("runtime", 240)])
@@ -107,7 +112,8 @@ def test_derived_test_profile_fits_the_node(tmp_path):
     mstep = derived["set-resources"]["mstep"]
     assert tools.eval_resource(mstep["mem_mb"], 3) == 4000
     assert tools.eval_resource(mstep["mem_mb"], 1) == int(64000 * 4000 / 192000)
-    assert "gpu" not in mstep and mstep["cpus_per_task"] == 1 and derived["set-threads"]["mstep"] == 1
+    assert "gpu" not in mstep and mstep["cpus_per_gpu"] == 1 and derived["set-threads"]["mstep"] == 1
+    assert mstep["cpus_per_task"] is None and derived["set-resources"]["estep_shard"]["cpus_per_task"] == 1
     assert tools.eval_resource(mstep["runtime"], 2) == 1440  # runtimes are kept
     assert derived["default-resources"]["slurm_partition"] == "debug"
     assert derived["slurm-status-command"] == "squeue" and "configfiles" not in derived
@@ -134,6 +140,37 @@ def test_scontrol_parsers():
     assert tools.job_gpus({"TresPerJob": "gres:gpu:a100:2"}) == 2
     assert tools.job_gpus({"TresPerNode": "gres:gpu:1"}) == 1
     assert tools.job_gpus({"TRES": "cpu=1,mem=10M,node=1"}) == 0
+
+
+def planned_jobs(text: str) -> dict[str, tuple[str, str]]:
+    """output -> (resources line, shell command) of every job in a ``snakemake -n`` log."""
+    jobs = re.findall(r"^rule \w+:\n(?:    .*\n)*?    output: (\S+)\n(?:    .*\n)*?    resources: ([^\n]+)\n"
+                      r"Shell command: ([^\n]+)", text, flags=re.MULTILINE)
+    return {out: (res, shell) for out, res, shell in jobs}
+
+
+@pytest.mark.slow
+def test_dry_run_of_a_two_gpu_mstep(tmp_path):
+    """`mstep.gpus: 2` (tiny config + overlay) through `--profile slurm`: the M-step asks for 2 GPUs and
+    8 CPUs per GPU and runs torchrun with 2 processes; an experiment without it keeps one GPU and python."""
+    overlay = tmp_path / "gpus2.yaml"
+    overlay.write_text("device: cpu\nexperiments:\n  digits:\n    mstep: {gpus: 2}\n")
+    two, one = (f"results/{e}/diem_tweedie/iter_001/model.pt" for e in ("digits", "manifold"))
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "slurm", "--configfiles", str(REPO / "config" / "tiny.yaml"),
+         str(overlay), "-d", str(tmp_path), "-n", two, one],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    jobs = planned_jobs(out.stdout)
+    (res2, shell2), (res1, shell1) = jobs[two], jobs[one]
+    assert "gpu=2" in res2 and "cpus_per_gpu=8" in res2 and "cpus_per_task" not in res2, res2
+    assert shell2.startswith("torchrun --standalone --nproc-per-node 2 -m emprior mstep "), shell2
+    assert "gpu=1" in res1 and "cpus_per_gpu=8" in res1 and "cpus_per_task" not in res1, res1
+    assert shell1.startswith("python -m emprior mstep "), shell1
+    # the other GPU rules keep their cpus_per_task
+    shards = [v for k, v in jobs.items() if "/posterior/shard_" in k]
+    assert shards and all("gpu=1" in r and "cpus_per_task=8" in r for r, _ in shards)
 
 
 @pytest.mark.slow
