@@ -271,9 +271,10 @@ run_ddp_phase() {
             || { fail "[ddp] building the 1-GPU $target failed (see $WORK/ddp-reference.run.log)"; return; }
     fi
     cp -p "$workdir/$target" "$WORK/ddp/model.1gpu.pt"
+    cp -p "$workdir/$target.prov.json" "$WORK/ddp/model.1gpu.pt.prov.json"  # its checksum sidecar
     printf 'device: cpu\nexperiments:\n  digits:\n    mstep: {gpus: 2}\n' >"$WORK/ddp/gpus2.yaml"
     args+=(--configfiles "$REPO/$TINY" "$WORK/ddp/gpus2.yaml" --slurm-logdir "$WORK/$name.slurm_logs"
-        --rerun-triggers mtime --forcerun "$target")
+        --rerun-triggers=mtime --forcerun="$target")  # `=`: these options take lists
     say "[$name] snakemake ${args[*]} $target"
     if snakemake "${args[@]}" --dry-run "$target" >"$WORK/$name.plan.log" 2>&1; then
         pass "[$name] dry run with mstep.gpus: 2"

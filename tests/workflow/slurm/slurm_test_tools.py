@@ -330,11 +330,12 @@ def _check_ddp(args, jobs, set_res, record) -> None:
         str([(j["JobId"], j["rule"], j.get("JobState")) for j in jobs]),
     )
     for j in jobs[:1]:
-        got = (job_gpus(j), j.get("NumNodes"), j.get("NumCPUs"), j.get("NumTasks"))
+        got = (job_gpus(j), j.get("CpusPerTres"), j.get("NumNodes"), j.get("NumCPUs"), j.get("NumTasks"))
         record(
-            got == (2, "1", str(2 * per_gpu), "1"),
-            f"its allocation: 2 GPUs, 1 node, 2 x cpus_per_gpu={per_gpu} CPUs, 1 task (torchrun forks the ranks)",
-            f"(gpus, nodes, cpus, tasks)={got} TresPerJob={j.get('TresPerJob')} CpusPerTres={j.get('CpusPerTres')}",
+            got == (2, f"gres:gpu:{per_gpu}", "1", str(2 * per_gpu), "1"),
+            f"its allocation: 2 GPUs x cpus_per_gpu={per_gpu} = {2 * per_gpu} CPUs on 1 node, 1 task (torchrun "
+            f"forks the 2 ranks): {j.get('TRES')}",
+            f"(gpus, CpusPerTres, nodes, cpus, tasks)={got} TresPerJob={j.get('TresPerJob')}",
         )
     slurm_logs = " ".join(p.read_text(errors="replace") for p in Path(args.logdir).rglob("*.log"))
     record(
