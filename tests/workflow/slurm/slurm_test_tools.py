@@ -379,8 +379,8 @@ def _check_ddp(args, jobs, set_res, record) -> None:
     head = subprocess.run(["git", "-C", str(args.repo), "rev-parse", "HEAD"], capture_output=True, text=True)
     want = head.stdout.strip() if head.returncode == 0 else "unknown"
     commit = side.get("provenance", {}).get("git_commit", "?").removesuffix("-dirty")
-    record(commit == want, f"the job imported emprior from {args.repo} (provenance git_commit {commit[:12]})",
-           f"{commit} != HEAD {want}")
+    record(commit == want, f"the job imported emprior from {args.repo} (provenance git_commit {commit[:12]} == HEAD)",
+           f"provenance {commit}, HEAD of {args.repo} {want}")
 
 
 def main(argv: list[str] | None = None) -> int:
