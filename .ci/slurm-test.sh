@@ -260,7 +260,7 @@ audit_phase() {
 # run_ddp_phase WORKDIR LOCALRULES: phase 3 (see the top). The other rules' outputs come from phase 2
 # (--rerun-triggers mtime: the overlay config changes every job's config digest, not their inputs).
 run_ddp_phase() {
-    local workdir=$1 localrules=$2 name=ddp rc=0 t1
+    local workdir=$1 localrules=$2 name=ddp rc=0 t1 t0=$SECONDS
     local target=results/digits/diem_tweedie/iter_001/model.pt
     local args=(--profile "$WORK/profile/slurm" --snakefile "$REPO/Snakefile" --directory "$workdir" --nocolor)
     mkdir -p "$WORK/ddp"
@@ -288,6 +288,7 @@ run_ddp_phase() {
     else fail "[$name] snakemake exited $rc after ${RUN_S_ddp}s (see $WORK/$name.run.log)"; tail -n 40 "$WORK/$name.run.log"; fi
     audit_phase "$name" ddp "$workdir" "$localrules" --target "$workdir/$target" \
         --reference "$WORK/ddp/model.1gpu.pt" --repo "$REPO"
+    PHASE_S_ddp=$((SECONDS - t0))
 }
 
 for phase in $PHASES; do
@@ -312,5 +313,5 @@ for phase in $PHASES; do
     esac
 done
 
-say "timings: install ${INSTALL_S}s, cluster start ${CLUSTER_S}s, plumbing run ${RUN_S_plumbing:-n/a}s, real run ${RUN_S_real:-n/a}s, ddp run ${RUN_S_ddp:-n/a}s, total $((SECONDS - T0))s"
+say "timings: install ${INSTALL_S}s, cluster start ${CLUSTER_S}s, plumbing run ${RUN_S_plumbing:-n/a}s, real run ${RUN_S_real:-n/a}s, ddp run ${RUN_S_ddp:-n/a}s (phase ${PHASE_S_ddp:-n/a}s), total $((SECONDS - T0))s"
 [[ $FAILED -eq 0 ]]   # the summary line is printed last, by cleanup
