@@ -111,7 +111,7 @@ def test_missing_weights_give_one_line_reason_and_no_number(offline, tmp_path, c
               "or place it there")
     with h5py.File(out, "r") as f:
         assert list(f.keys()) == [] and f.attrs["status"] == reason
-    assert reason in caplog.text  # the job log's one line (a log record: where a handler prints it depends on earlier tests)
+    assert reason in caplog.text  # a log record: which stream a handler writes to depends on earlier tests
     loaded = fr.load_reference(out)
     assert isinstance(loaded, MetricUnavailable) and loaded.reason == reason and "\n" not in reason
     assert fid_quality(x, str(out)) == {"fid": None, "is": None, "fid_status": reason}

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from emprior.evaluation.metrics import MetricUnavailable, fid_is, lpips_distance, psnr, ssim
+from emprior.evaluation.metrics import MetricUnavailable, lpips_distance, psnr, ssim
 from emprior.evaluation.metrics import images as im
 
 
@@ -82,15 +81,14 @@ def test_value_range():
 
 def test_unavailable_without_weights(offline):
     x = np.zeros((10, 3, 32, 32))
-    res = fid_is(x, x, 4.0)
+    res = im.missing_inception(im.inception_weights_path(None))
     assert isinstance(res, MetricUnavailable)
     assert res.reason == (f"n/a: Inception weights not found at {offline / im.INCEPTION_WEIGHTS} (no internet); "
                           f"set metrics.inception_weights to a copy of {im.INCEPTION_URL} or place it there")
     res = lpips_distance(x, x)
     assert isinstance(res, MetricUnavailable)
     assert str(offline / "alexnet-owt-7be5be79.pth") in res.reason and "metrics.lpips_weights_dir" in res.reason
-    res = fid_is(x, x, 4.0, weights_path=offline / "elsewhere.pth")
-    assert isinstance(res, MetricUnavailable) and "elsewhere.pth" in res.reason
+    assert im.inception_weights_path(offline / "elsewhere.pth") == offline / "elsewhere.pth"
 
 
 def _alexnet_features(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -176,42 +174,3 @@ def test_uint8_images_quantisation():
     assert t.dtype == torch.uint8 and t.shape == (3, 2, 3)
     assert t[0].flatten().tolist() == [0, 128, 255, 255, 0, 191]  # rint(255 (x + 2) / 4), clipped
     assert torch.equal(t[0], t[2])
-
-
-def _fid_plumbing(weights: Path, fid_features: str) -> None:
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-2, 2, (6, 1, 32, 32)).astype(np.float32)  # grey: repeated to RGB
-    same = fid_is(x, x, 4.0, weights_path=weights, isc_splits=2, batch_size=6, fid_features=fid_features)
-    assert set(same) == {"fid", "is_mean", "is_std", "fid_features", "weights_sha256", "official_weights"}
-    assert abs(same["fid"]) < 1e-3 and same["fid_features"] == fid_features
-    assert math.isfinite(same["is_mean"]) and same["is_mean"] >= 1.0 - 1e-9  # IS = exp(mean KL) >= 1
-    assert same["official_weights"] is False
-    assert same["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    shifted = fid_is(x, np.clip(x + 1.5, -2, 2), (-2.0, 2.0), weights_path=weights, isc=False, batch_size=6,
-                     fid_features=fid_features)
-    assert set(shifted) == {"fid", "fid_features", "weights_sha256", "official_weights"}
-    assert shifted["fid"] > 1.0 > 1e3 * abs(same["fid"])
-
-
-@pytest.mark.slow
-def test_fid_is_plumbing_with_random_inception(offline, random_inception):
-    """Full torch-fidelity path (Dataset of uint8, weights file, IS) on a cheap 64-d FID layer."""
-    _fid_plumbing(random_inception, "64")
-
-
-@pytest.mark.benchmark
-def test_fid_is_plumbing_standard_2048_features(offline, random_inception):
-    """Same with the standard 2048-d features (2048 x 2048 eigenproblem: ~1-2 min on a loaded CPU)."""
-    _fid_plumbing(random_inception, "2048")
-
-
-def test_fid_is_argument_errors(tmp_path):
-    x = np.zeros((4, 3, 32, 32))
-    with pytest.raises(ValueError, match="image shape"):
-        fid_is(x, np.zeros((4, 3, 16, 16)), 4.0)
-    with pytest.raises(ValueError, match="at least 2 images"):
-        fid_is(x[:1], x, 4.0)
-    with pytest.raises(ValueError, match="isc_splits"):
-        fid_is(x, x, 4.0, isc_splits=10)
-    with pytest.raises(ValueError, match="fid_features"):
-        fid_is(x, x, 4.0, isc_splits=2, fid_features="1000")

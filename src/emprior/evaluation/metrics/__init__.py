@@ -4,13 +4,12 @@ from emprior.evaluation.metrics.images import (
     INCEPTION_WEIGHTS,
     LPIPS_BACKBONES,
     MetricUnavailable,
-    fid_is,
     lpips_distance,
     psnr,
     ssim,
 )
 
-__all__ = ["INCEPTION_WEIGHTS", "LPIPS_BACKBONES", "MetricUnavailable", "fid_is", "lpips_distance", "psnr", "ssim"]
+__all__ = ["INCEPTION_WEIGHTS", "LPIPS_BACKBONES", "MetricUnavailable", "lpips_distance", "psnr", "ssim"]
 
 try:  # metrics/sinkhorn.py is owned by another module; keep this package importable without it
     from emprior.evaluation.metrics.sinkhorn import debiased_to_reference, regularized_ot, sinkhorn_divergence

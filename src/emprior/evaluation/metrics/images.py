@@ -1,4 +1,5 @@
-"""Image quality metrics: PSNR, SSIM (scikit-image), LPIPS (lpips) and FID / IS (torch-fidelity).
+"""Image quality metrics: PSNR, SSIM (scikit-image), LPIPS (lpips), and the pieces FID / IS (torch-fidelity,
+emprior.evaluation.metrics.fid_reference) share: the weights path, the missing-weights reason, uint8 images.
 
 Images are (N, C, H, W) arrays (numpy or torch) with C = 1 (grey) or 3 (RGB). ``data_range`` is
 either a number r, meaning values in [-r/2, r/2] (r = 4 for the DiEM [-2, 2] images, 2 for [-1, 1]),
@@ -270,53 +271,3 @@ class Uint8Images(torch.utils.data.Dataset):
         v = (np.clip(np.asarray(self.images[i], dtype=np.float64), self.lo, self.hi) - self.lo) / (self.hi - self.lo)
         t = torch.from_numpy(np.rint(v * 255.0).astype(np.uint8))
         return t.expand(3, -1, -1).contiguous() if t.shape[0] == 1 else t
-
-
-def fid_is(samples: Any, reference: Any, data_range: float | tuple[float, float],
-           weights_path: str | Path | None = None, isc: bool = True, *, isc_splits: int = 10,
-           fid_features: str = "2048", batch_size: int = 64,
-           cuda: bool | None = None) -> dict[str, Any] | MetricUnavailable:
-    """FID(samples, reference) and the Inception score of ``samples`` with torch-fidelity.
-
-    Returns ``{"fid", "is_mean", "is_std"}`` (IS keys only if ``isc``) plus ``"weights_sha256"`` and
-    ``"official_weights"`` (whether the file is torch-fidelity's published Inception port), or
-    :class:`MetricUnavailable` if the weights file is absent. Both sets are quantised to uint8 as
-    torch-fidelity expects; images are resized to 299x299 inside the extractor. IS is the mean and
-    standard deviation of exp(E_x KL(p(y|x) | p(y))) over ``isc_splits`` splits of the samples.
-    ``fid_features`` is the Inception layer whose Gaussian statistics FID compares: "2048" (the
-    standard pool3 features) or "64", "192", "768" (only for tests/diagnostics; not comparable to
-    published FIDs). The 2048-d FID needs eigenvalues of a 2048 x 2048 matrix: ~10-40 s on a CPU.
-    """
-    samples, reference = _as_images(samples, "samples"), _as_images(reference, "reference")
-    if samples.shape[1:] != reference.shape[1:]:
-        raise ValueError(f"samples: image shape {samples.shape[1:]} differs from reference's {reference.shape[1:]}")
-    if len(samples) < 2 or len(reference) < 2:
-        raise ValueError(f"samples: FID needs at least 2 images per set, got {len(samples)} and {len(reference)}")
-    if isc and not 1 <= isc_splits <= len(samples):
-        raise ValueError(f"isc_splits: must be between 1 and the number of samples {len(samples)}, got {isc_splits}")
-    if fid_features not in ("64", "192", "768", "2048"):
-        raise ValueError(f"fid_features: expected one of '64', '192', '768', '2048', got {fid_features!r}")
-    value_range(data_range)
-    path = inception_weights_path(weights_path)
-    if not path.is_file():
-        return missing_inception(path)
-    digest = sha256_file(path)
-    import torch_fidelity
-
-    if cuda is None:
-        cuda = torch.cuda.is_available()
-    metrics = torch_fidelity.calculate_metrics(
-        input1=Uint8Images(samples, data_range), input2=Uint8Images(reference, data_range),
-        cuda=cuda, isc=isc, isc_splits=isc_splits, fid=True, feature_layer_fid=fid_features, kid=False, prc=False,
-        verbose=False, cache=False,
-        feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(path),
-        batch_size=batch_size, save_cpu_ram=True,  # save_cpu_ram: no DataLoader worker processes
-    )
-    out: dict[str, Any] = {"fid": float(metrics["frechet_inception_distance"])}
-    if isc:
-        out["is_mean"] = float(metrics["inception_score_mean"])
-        out["is_std"] = float(metrics["inception_score_std"])
-    out["fid_features"] = fid_features
-    out["weights_sha256"] = digest
-    out["official_weights"] = digest == INCEPTION_SHA256
-    return out
