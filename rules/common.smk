@@ -5,14 +5,16 @@ import json
 import sys
 from pathlib import Path
 
-from emprior.config.loading import job_config, validate_config
+from emprior.config.loading import job_config
+from emprior.config.planning import plan_facts
 from emprior.core.errors import ConfigError
 from emprior.core.provenance import config_digest
 from emprior.evaluation.selection import evaluated_iterations
-from emprior.methods import make_method
 
+# The config validated and each variant's EM-method facts, kept per config and code version in
+# results/.config/plan-*.json (emprior.config.planning): a later parse imports no plug-in (no torch).
 try:
-    validate_config(config, source="config")
+    PLAN = plan_facts(config, source="config")
 except ConfigError as exc:
     sys.exit(f"error: {exc}")
 
@@ -100,11 +102,10 @@ def n_shards(experiment):
     return config["experiments"][experiment]["estep"]["shards"]
 
 
-@functools.lru_cache(maxsize=None)
 def method(experiment, variant):
-    """The variant's EM method (emprior.methods): its stages decide which jobs exist."""
-    exp = config["experiments"][experiment]
-    return make_method(exp["variants"][variant], exp)
+    """The variant's EM method's facts (emprior.config.planning.MethodFacts): its stages decide which
+    jobs exist."""
+    return PLAN.method(experiment, variant)
 
 
 def has_stage(experiment, variant, stage):

@@ -4,6 +4,12 @@
 # E-step trains on the observations and has no estep_shard / gather_posterior jobs.
 
 
+# On SLURM: SIGTERM 5 minutes before the time limit, so that estep / mstep save their progress and exit
+# 143 for the retry to continue (emprior.core.preempt; slurm/config.yaml explains TERM@ vs B:TERM@).
+# Other executors ignore it.
+SIGTERM_EARLY = "--signal=TERM@300"
+
+
 def optional_inputs(*names):
     """``--name path`` for each of ``names`` that the rule's input function gave."""
     return lambda wc, input: " ".join(f"--{n} {input[n]}" for n in names if n in input.keys())
@@ -81,6 +87,7 @@ rule estep_shard:
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 240 * attempt,
+        slurm_extra=SIGTERM_EARLY,
     conda:
         ENV
     log:
@@ -124,6 +131,7 @@ rule mstep:
         runtime=lambda wc, attempt: 240 * attempt,
         # here, not in slurm/config.yaml's set-resources (which would override it): read from the config
         gpu=mstep_gpus,
+        slurm_extra=SIGTERM_EARLY,
     conda:
         ENV
     log:

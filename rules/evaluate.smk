@@ -2,16 +2,13 @@
 # iterations that evaluate.iterations selects. With evaluate.shards > 1 the prior samples are a
 # scatter/gather like the E-step's: prior_samples_shard -> gather_prior_samples.
 
-from emprior.evaluation.metrics.images import inception_weights_path
-
-
 def fid_on(experiment):
     return bool(config["experiments"][experiment]["evaluate"].get("fid", False))
 
 
 def inception_weights(wc=None):
-    """metrics.inception_weights, or torch.hub's cache when unset (resolved here, once, for every job)."""
-    return str(inception_weights_path((config.get("metrics") or {}).get("inception_weights")))
+    """metrics.inception_weights, or torch.hub's cache when unset (resolved once, kept with the plan)."""
+    return PLAN.inception_weights
 
 
 def fid_reference_inputs(wc):

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
 
 from emprior.core.errors import ConfigError
 
@@ -41,6 +39,9 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     """Raise :class:`ConfigError` (one line) unless ``config`` satisfies the schema, every plug-in's
     own options and the cross-field rules the schema cannot express. The config's ``plugins`` are
     imported first, so that what they register can be named."""
+    from jsonschema import Draft202012Validator  # here: planning from a kept plan file never needs it
+    from jsonschema.exceptions import best_match
+
     from emprior.config.plugins import load_plugins
     from emprior.evaluation.selection import check_iterations
 
