@@ -13,10 +13,12 @@ optional; the defaults change no number of a CPU run):
 - ``compile: false | true`` (default false): the denoiser is wrapped by ``torch.compile``. Off until
   measured faster on the paper's nets (docs/precision.md).
 
-The switches act where the suite calls its network: the M-step's loss
-(:func:`emprior.training.mstep.train_denoiser`) and a loaded prior's denoiser
-(:func:`emprior.priors.checkpoint.prior_from_checkpoint`), which the E-step's posterior samplers, the
-prior samples and the E-step check call. The defaults return the denoiser object itself.
+The switches act where the suite calls a network: the M-step's loss
+(:func:`emprior.training.mstep.train_denoiser`, which the peers' M-steps use too) and a loaded prior's
+networks (:func:`emprior.priors.checkpoint.prior_from_checkpoint` for its denoiser,
+:meth:`~emprior.priors.checkpoint.Prior.run` for DiffEM's conditional and Ambient's network), which the
+E-step's posterior samplers, the prior samples and the E-step check call. The defaults return the
+network object itself.
 """
 
 from __future__ import annotations

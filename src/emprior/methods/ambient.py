@@ -82,6 +82,7 @@ from emprior.nets.conditional import ConditionalDenoiser
 
 if TYPE_CHECKING:
     from emprior.core.job import Job
+    from emprior.core.precision import Precision
     from emprior.data.observations import Observations
     from emprior.diffusion.schedule import Schedule
     from emprior.priors.checkpoint import Prior
@@ -150,10 +151,10 @@ def ambient_loss(denoiser, y: Tensor, mask: Tensor, schedule: Schedule, delta: f
 
 def train_ambient(net: torch.nn.Module, y: Tensor, masks: Tensor, schedule: Schedule, mstep: dict[str, Any],
                   delta: float, generator: torch.Generator, resume_path: str | Path | None = None,
-                  context: str = "ambient M-step") -> dict[str, Any]:
+                  context: str = "ambient M-step", precision: Precision | None = None) -> dict[str, Any]:
     """Train the conditional denoiser ``net`` in place on observations ``y`` with masks ``masks``
     (N, C_mask, *spatial): :func:`emprior.training.mstep.train_denoiser` (the experiment's optimiser,
-    lr schedule, EMA, clipping, step budget and resume state) with :func:`ambient_loss`. An observation
+    lr schedule, EMA, clipping, step budget, resume state and ``precision``) with :func:`ambient_loss`. An observation
     and its mask travel as one tensor, so an augmentation flips or crops both the same way.
 
     Returns {"loss" (per-chunk means), "steps", "ema", "seconds", "resumed_from"}."""
@@ -165,7 +166,7 @@ def train_ambient(net: torch.nn.Module, y: Tensor, masks: Tensor, schedule: Sche
         return ambient_loss(denoiser, both[:, :c], both[:, c:], schedule, delta, generator=gen)
 
     return train_denoiser(net, torch.cat([y, masks], dim=1), schedule, mstep, generator, resume_path=resume_path,
-                          context=context, loss_fn=loss_fn)
+                          context=context, loss_fn=loss_fn, precision=precision)
 
 
 # -- network --------------------------------------------------------------------------------------
@@ -297,7 +298,7 @@ class Ambient(EMMethod):
         gen = job.generator("mstep")
         result = train_ambient(net, y.to(job.device), masks.to(job.device), Schedule(**exp["schedule"]),
                                exp["mstep"], float(self.options.delta), gen, resume_path=resume_path,
-                               context=f"ambient M-step {job.context}")
+                               context=f"ambient M-step {job.context}", precision=job.precision)
         raw = {k: v.clone() for k, v in net.state_dict().items()}
         if result["ema"] is not None:
             result["ema"].copy_to(net)
@@ -319,7 +320,7 @@ class Ambient(EMMethod):
             raise ArtifactError(f"{job.context}: expected an ambient checkpoint, got {prior.kind!r}")
         ckpt = prior.checkpoint
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-        den = AmbientSamplingDenoiser(prior.module, ckpt["corruption"], prior.x_shape, ckpt["cond_channels"],
+        den = AmbientSamplingDenoiser(prior.run(prior.module), ckpt["corruption"], prior.x_shape, ckpt["cond_channels"],
                                       self.options.sampling_mask, np.random.default_rng(seed))
         p = next(prior.module.parameters())
         ev = self.exp["evaluate"]

@@ -175,14 +175,15 @@ class DiffEM(EMMethod):
 
     # -- E-step ----------------------------------------------------------------------------------
     def conditional(self, prior: Prior, device: torch.device | str | None = None) -> ConditionalDenoiser:
-        """The conditional denoiser of ``prior``'s checkpoint, built once per prior (and device)."""
+        """The conditional denoiser of ``prior``'s checkpoint as the job's precision runs it
+        (:meth:`~emprior.priors.checkpoint.Prior.run`), built once per prior (and device)."""
         part = prior.checkpoint.get("conditional")
         if part is None:
             raise ArtifactError("DiffEM E-step: the previous model.pt has no 'conditional' entry (not a DiffEM "
                                 "M-step's checkpoint)")
         key = torch.device(device) if device is not None else None
         if self._cache is None or self._cache[0] is not prior.checkpoint or self._cache[1] != key:
-            self._cache = (prior.checkpoint, key, conditional_from_checkpoint(part, device))
+            self._cache = (prior.checkpoint, key, prior.run(conditional_from_checkpoint(part, device)))
         return self._cache[2]
 
     def posterior(self, prior, op, y):
@@ -238,7 +239,8 @@ class DiffEM(EMMethod):
             return dsm_loss(lambda x_t, sigma: model(x_t, c, sigma), xb, schedule, generator=generator)
 
         result = em_mstep(net, x.to(job.device), Schedule(**exp["schedule"]), mstep_cfg, job.generator(STREAM),
-                          f"M-step (conditional) {job.context}", resume_path=resume_path, loss_fn=loss_fn)
+                          f"M-step (conditional) {job.context}", resume_path=resume_path, loss_fn=loss_fn,
+                          precision=job.precision)
         part = {"net": net_cfg, "x_shape": list(x_shape), "cond_channels": cond_channels,
                 "weights": cpu_state(net.state_dict()), "raw_weights": cpu_state(result["raw"]),
                 "observation": obs_cfg,

@@ -37,6 +37,12 @@ class Prior:
     checkpoint: dict[str, Any]
     gaussian: Any = None      # emprior.priors.gaussian.LowRankGaussian for kind == "gaussian"
     module: Any = None        # the PreconditionedDenoiser ("denoiser") or AmbientDenoiser ("ambient")
+    precision: Precision | None = None  # how the job runs its networks (emprior.core.precision)
+
+    def run(self, module: Any) -> Any:
+        """``module`` (a network of this checkpoint: the prior's, DiffEM's conditional, Ambient's) as the
+        job's ``precision`` runs it (autocast / compile; without one, the module itself)."""
+        return module if self.precision is None else self.precision.wrap(module)
 
     def sample(self, n: int, exp_cfg: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         """n samples of q_k as the evaluation draws them: exactly for the Gaussian q_0, else by reverse
@@ -87,7 +93,8 @@ def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
                           device: torch.device | str | None = None, precision: Precision | None = None) -> Prior:
     """A checkpoint dict (as model.pt holds it) as a :class:`Prior` on ``device``. A trained denoiser's
     ``Prior.denoiser`` is the network as ``precision`` runs it (autocast / compile,
-    :mod:`emprior.core.precision`; default: the module itself); ``Prior.module`` is the module."""
+    :mod:`emprior.core.precision`; default: the module itself); ``Prior.module`` is the module, and
+    :meth:`Prior.run` applies the same ``precision`` to the checkpoint's other networks."""
     from emprior.nets import build_denoiser
     from emprior.priors.gaussian import GaussianDenoiser, LowRankGaussian
 
@@ -98,7 +105,7 @@ def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
                             event_shape=x_shape)
         if device is not None:
             g = g.to(device=device)
-        return Prior(kind, x_shape, GaussianDenoiser(g), ckpt, gaussian=g)
+        return Prior(kind, x_shape, GaussianDenoiser(g), ckpt, gaussian=g, precision=precision)
     if kind == "denoiser":
         # its random initialisation is overwritten: draw it off the global stream, which the caller's
         # training (dropout) may be using
@@ -114,7 +121,8 @@ def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
             module.to(device)
         for p in module.parameters():
             p.requires_grad_(False)
-        return Prior(kind, x_shape, module if precision is None else precision.wrap(module), ckpt, module=module)
+        return Prior(kind, x_shape, module if precision is None else precision.wrap(module), ckpt, module=module,
+                     precision=precision)
     if kind == "ambient":
         from emprior.methods.ambient import build_ambient_denoiser
 
@@ -126,7 +134,7 @@ def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
             raise ArtifactError(f"{where}: an ambient model is a denoiser of A~ x_t given the mask A~; sample it "
                                 "with the ambient method's sample_prior (emprior.methods.ambient)")
 
-        return Prior(kind, x_shape, needs_mask, ckpt, module=module)
+        return Prior(kind, x_shape, needs_mask, ckpt, module=module, precision=precision)
     raise ArtifactError(f"{where}: unknown model kind {kind!r} (expected 'gaussian', 'denoiser' or 'ambient')")
 
 
