@@ -311,6 +311,11 @@ class Ambient(EMMethod):
                 "train": {"loss": result["loss"], "steps": result["steps"], "dropped": 0, "n_data": len(y)}}
         return ckpt, {"seconds": result["seconds"], "resumed_from": result["resumed_from"]}
 
+    def checkpoint_networks(self, x_shape, op):
+        # one mask channel per channel of the operator's measured() mask, as the M-step builds it
+        mask = op.measured(torch.zeros(1, *op.y_shape))
+        return [build_ambient_denoiser(dict(self.exp["denoiser"]), x_shape, int(mask.shape[1]))]
+
     def sample_prior(self, job: Job, prior: Prior, n: int, generator: torch.Generator,
                      x_T: Tensor | None = None) -> Tensor:
         from emprior.diffusion.samplers import sample, sample_prior

@@ -91,6 +91,14 @@ class EMMethod:
     def validate(self, where: str) -> None:
         """Check option combinations a schema cannot express; one-line ConfigError naming the key."""
 
+    def checkpoint_networks(self, x_shape: tuple[int, ...], op: Any) -> list[torch.nn.Module]:
+        """The networks whose weights an M-step's model.pt holds, each twice (EMA and raw weights), for
+        ``disk-plan`` (:mod:`emprior.report.disk` builds them on the meta device); ``op`` is the
+        observation operator of one observation. Default: the experiment's denoiser."""
+        from emprior.nets import build_denoiser
+
+        return [build_denoiser(dict(self.exp["denoiser"]), x_shape)]
+
     # -- report --------------------------------------------------------------------------------
     def table_covariance(self) -> str | None:
         """The E-step covariance as Table 1 names it (DiEM's ablation), or None."""

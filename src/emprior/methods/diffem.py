@@ -262,6 +262,12 @@ class DiffEM(EMMethod):
                    "conditional_resumed_from": cond_rt["resumed_from"], "total_seconds": time.perf_counter() - start}
         return ckpt, runtime
 
+    def checkpoint_networks(self, x_shape, op):
+        from emprior.nets.conditional import build_conditional_denoiser
+
+        conditional = build_conditional_denoiser(self.conditional_config(), x_shape, int(x_shape[0]))
+        return [*super().checkpoint_networks(x_shape, op), conditional]
+
     # -- report ----------------------------------------------------------------------------------
     def table_covariance(self):
         return None

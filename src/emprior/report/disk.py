@@ -12,8 +12,10 @@ Bytes are those of the arrays each artifact holds, computed in closed form from 
   and as much again in its shards when ``evaluate.shards`` > 1 (kept, like the E-step's);
 * with ``evaluate.fid``: ``data/fid_reference.h5``, the 2048-d Inception mean (float32) and covariance
   (float64);
-* per iteration: ``model.pt``, 2 x the bytes of the denoiser's state dict (EMA and raw weights),
-  counted on the experiment's ``denoiser`` network built on the meta device.
+* per iteration k >= 1: ``model.pt``, 2 x the bytes of the state dicts (EMA and raw weights) of the
+  networks the method's M-step stores (:meth:`emprior.methods.base.EMMethod.checkpoint_networks`: the
+  experiment's denoiser; DiffEM's conditional denoiser too; Ambient's masked denoiser instead), built on
+  the meta device.
 
 s is 4 for float32 and 2 for ``storage.dtype: float16`` (posterior and prior samples only). The
 compressed size is not known before the arrays exist; the figures are what compression starts from
@@ -70,14 +72,17 @@ def _operator_bytes(obs_cfg: dict[str, Any], n: int, x_shape: tuple[int, ...], s
     return y_bytes, sizes[0] - 3 * per_obs + n * per_obs
 
 
-def _state_dict_bytes(net_cfg: dict[str, Any], x_shape: tuple[int, ...]) -> int:
+def _model_bytes(method: Any, x_shape: tuple[int, ...], obs_cfg: dict[str, Any], seed: int) -> int:
+    """Bytes of the weights an M-step's model.pt holds: the method's networks, EMA and raw weights each."""
     import torch
 
-    from emprior.nets import build_denoiser
+    from emprior.operators import make_operator
 
+    op = make_operator(obs_cfg["operator"], 1, x_shape, float(obs_cfg["noise_std"]), np.random.default_rng(seed),
+                       **obs_cfg.get("options", {}))
     with torch.device("meta"):
-        net = build_denoiser(dict(net_cfg), x_shape)
-    return sum(t.numel() * t.element_size() for t in net.state_dict().values())
+        nets = method.checkpoint_networks(x_shape, op)
+    return 2 * sum(t.numel() * t.element_size() for net in nets for t in net.state_dict().values())
 
 
 def plan(config: dict[str, Any]) -> list[Item]:
@@ -101,7 +106,6 @@ def plan(config: dict[str, Any]) -> list[Item]:
         if exp["evaluate"].get("fid"):
             fid = FID_FEATURES * F32 + FID_FEATURES**2 * I64
             items.append(Item(name, None, "data/fid_reference.h5", 1, fid, fid))
-        model = 2 * _state_dict_bytes(exp["denoiser"], x_shape)
         n_eval = int(exp["evaluate"]["n_samples"])
         iterations = int(exp["iterations"])
         for vname, var in exp["variants"].items():
@@ -123,6 +127,7 @@ def plan(config: dict[str, Any]) -> list[Item]:
                 prior.append("iter_k/prior_samples/shard_*.h5 (all shards)")
             for artifact in prior:
                 items.append(Item(name, vname, artifact, n_evaluated, n_eval * d * F32, n_eval * d * s))
+            model = _model_bytes(method, x_shape, exp["observation"], int(config["seed"]))
             items.append(Item(name, vname, "iter_k/model.pt", iterations, model, model))
     return items
 

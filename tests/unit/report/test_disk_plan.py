@@ -64,3 +64,40 @@ def test_disk_plan_command(repo, capsys):
     disk_plan(Job(load_config(tiny)))
     out = capsys.readouterr().out
     assert "digits" in out and "iter_k/posterior.h5" in out and "before compression" in out
+
+
+def _weight_bytes(tree) -> int:
+    """Bytes of every tensor in a checkpoint's weight dicts (nested: DiffEM's "conditional" entry)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(_weight_bytes(v) for k, v in tree.items() if k in ("weights", "raw_weights", "conditional")
+                   or isinstance(v, torch.Tensor))
+    return 0
+
+
+def test_model_pt_counts_the_networks_each_method_stores(repo, tmp_path):
+    """The planned model.pt bytes equal the weight bytes of a real M-step's checkpoint, for DiEM, DiffEM
+    (denoiser + conditional denoiser) and AmbientDiffusion (its masked denoiser, more input channels)."""
+    import copy
+
+    from emprior.data.observations import load_observations
+    from emprior.methods import make_method
+    from emprior.pipeline import data as data_rules
+
+    cfg = load_config(repo / "config" / "tiny.yaml")
+    cfg["experiments"] = {"digits": copy.deepcopy(cfg["experiments"]["digits"])}
+    cfg.pop("fig2", None), cfg.pop("tables", None)
+    exp = cfg["experiments"]["digits"]
+    exp["variants"] = {"diem": {"method": "diem"}, "diffem": {"method": "diffem"},
+                       "ambient": {"method": "ambient", "delta": 0.1}}
+    exp["mstep"]["steps"] = 1
+    data_rules.dataset(Job(cfg, "digits"), str(tmp_path / "clean.h5"))
+    data_rules.observe(Job(cfg, "digits"), str(tmp_path / "clean.h5"), str(tmp_path / "observations.h5"))
+    obs = load_observations(tmp_path / "observations.h5")
+    planned = {v: _by(plan(cfg), "digits", v, "iter_k/model.pt").raw for v in exp["variants"]}
+    for v, var in exp["variants"].items():
+        method = make_method(var, exp)
+        ckpt, _ = method.mstep(Job(cfg, "digits", v, 1), obs.y, None, obs, str(tmp_path / f"{v}.resume.pt"))
+        assert planned[v] == _weight_bytes(ckpt), v
+    assert planned["diffem"] > 1.9 * planned["diem"] and planned["ambient"] > planned["diem"]
