@@ -19,3 +19,32 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_digits():
+    """A builder ``build(folder, variants, **sections)``: config/tiny.yaml reduced to its digits experiment
+    with ``variants`` (name -> variant mapping) and each ``sections`` entry merged into that experiment's
+    section of the same name (e.g. ``mstep={"steps": 2}``), validated; its ``clean.h5`` and
+    ``observations.h5`` are written to ``folder``. Returns the config."""
+    import copy
+
+    from emprior.config.loading import load_config, validate_config
+    from emprior.core.job import Job
+    from emprior.pipeline import data as data_rules
+
+    def build(folder: Path, variants: dict, **sections: dict) -> dict:
+        cfg = load_config(REPO / "config" / "tiny.yaml")
+        cfg["experiments"] = {"digits": copy.deepcopy(cfg["experiments"]["digits"])}
+        for key in ("fig2", "tables"):
+            cfg.pop(key, None)
+        exp = cfg["experiments"]["digits"]
+        exp["variants"] = copy.deepcopy(variants)
+        for name, values in sections.items():
+            exp[name] = {**exp.get(name, {}), **values}
+        validate_config(cfg)
+        data_rules.dataset(Job(cfg, "digits"), str(folder / "clean.h5"))
+        data_rules.observe(Job(cfg, "digits"), str(folder / "clean.h5"), str(folder / "observations.h5"))
+        return cfg
+
+    return build

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from emprior.config.loading import load_config, validate_config
+from emprior.config.loading import validate_config
 from emprior.core.artifacts import load_h5, save_torch
 from emprior.core.job import Job
 from emprior.core.rng import numpy_rng
@@ -20,7 +20,6 @@ from emprior.methods.diffem import ConditionalPosterior, DiffEM, condition, reco
 from emprior.methods.estep import run_estep
 from emprior.nets.conditional import build_conditional_denoiser
 from emprior.operators import BoxMaskOperator, PixelMaskOperator, make_operator
-from emprior.pipeline import data as data_rules
 from emprior.pipeline import em as em_rules
 from emprior.posterior.mmps import MMPS
 from emprior.priors.checkpoint import load_prior
@@ -32,20 +31,10 @@ PIXEL = {"operator": "pixel_mask", "options": {"deleted": 0.75}, "noise_std": 1.
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_digits):
     """Tiny digits with a DiffEM variant (4 M-step steps), its data, observations and q_0."""
-    cfg = load_config(REPO / "config" / "tiny.yaml")
-    cfg["experiments"] = {"digits": copy.deepcopy(cfg["experiments"]["digits"])}
-    for key in ("fig2", "tables"):
-        cfg.pop(key, None)
-    exp = cfg["experiments"]["digits"]
-    exp["variants"] = {"d": {"method": "diffem"}}
-    exp["mstep"]["steps"] = 4
-    exp["estep"]["steps"] = 4
-    validate_config(cfg)
     d = tmp_path_factory.mktemp("diffem")
-    data_rules.dataset(Job(cfg, "digits"), str(d / "clean.h5"))
-    data_rules.observe(Job(cfg, "digits"), str(d / "clean.h5"), str(d / "observations.h5"))
+    cfg = tiny_digits(d, {"d": {"method": "diffem"}}, mstep={"steps": 4}, estep={"steps": 4})
     em_rules.init_prior(Job(cfg, "digits", "d"), str(d / "observations.h5"), str(d / "iter_000.pt"))
     x = torch.as_tensor(load_h5(d / "clean.h5")[0]["x"], dtype=torch.float32)
     return cfg, d, x

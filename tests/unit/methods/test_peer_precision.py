@@ -11,39 +11,29 @@ import numpy as np
 import pytest
 import torch
 
-from emprior.config.loading import load_config, validate_config
 from emprior.core.job import Job
 from emprior.data.observations import load_observations
 from emprior.methods import make_method
 from emprior.methods.diffem import condition
-from emprior.pipeline import data as data_rules
 from emprior.priors.checkpoint import prior_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    cfg = load_config(REPO / "config" / "tiny.yaml")
-    cfg["experiments"] = {"digits": copy.deepcopy(cfg["experiments"]["digits"])}
-    for key in ("fig2", "tables"):
-        cfg.pop(key, None)
-    cfg["device"] = "cpu"
-    exp = cfg["experiments"]["digits"]
-    exp["variants"] = {"d": {"method": "diffem"}, "a": {"method": "ambient", "delta": 0.1}}
-    exp["mstep"]["steps"] = 2
-    exp["evaluate"]["steps"] = 2
-    validate_config(cfg)
+def setup(tmp_path_factory, tiny_digits):
     d = tmp_path_factory.mktemp("peers")
-    data_rules.dataset(Job(cfg, "digits"), str(d / "clean.h5"))
-    data_rules.observe(Job(cfg, "digits"), str(d / "clean.h5"), str(d / "observations.h5"))
+    cfg = tiny_digits(d, {"d": {"method": "diffem"}, "a": {"method": "ambient", "delta": 0.1}},
+                      mstep={"steps": 2}, evaluate={"steps": 2})
+    cfg["device"] = "cpu"
     return cfg, load_observations(d / "observations.h5")
 
 
 def configs(cfg):
     """The config without a precision section, with the defaults written out, and with bf16."""
     out = {"absent": cfg}
-    for name, section in (("none", {"autocast": "none", "tf32": True, "compile": False}), ("bf16", {"autocast": "bf16"})):
+    sections = {"none": {"autocast": "none", "tf32": True, "compile": False}, "bf16": {"autocast": "bf16"}}
+    for name, section in sections.items():
         out[name] = {**copy.deepcopy(cfg), "precision": section}
     return out
 

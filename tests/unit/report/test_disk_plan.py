@@ -76,24 +76,15 @@ def _weight_bytes(tree) -> int:
     return 0
 
 
-def test_model_pt_counts_the_networks_each_method_stores(repo, tmp_path):
+def test_model_pt_counts_the_networks_each_method_stores(tiny_digits, tmp_path):
     """The planned model.pt bytes equal the weight bytes of a real M-step's checkpoint, for DiEM, DiffEM
     (denoiser + conditional denoiser) and AmbientDiffusion (its masked denoiser, more input channels)."""
-    import copy
-
     from emprior.data.observations import load_observations
     from emprior.methods import make_method
-    from emprior.pipeline import data as data_rules
 
-    cfg = load_config(repo / "config" / "tiny.yaml")
-    cfg["experiments"] = {"digits": copy.deepcopy(cfg["experiments"]["digits"])}
-    cfg.pop("fig2", None), cfg.pop("tables", None)
+    cfg = tiny_digits(tmp_path, {"diem": {"method": "diem"}, "diffem": {"method": "diffem"},
+                                 "ambient": {"method": "ambient", "delta": 0.1}}, mstep={"steps": 1})
     exp = cfg["experiments"]["digits"]
-    exp["variants"] = {"diem": {"method": "diem"}, "diffem": {"method": "diffem"},
-                       "ambient": {"method": "ambient", "delta": 0.1}}
-    exp["mstep"]["steps"] = 1
-    data_rules.dataset(Job(cfg, "digits"), str(tmp_path / "clean.h5"))
-    data_rules.observe(Job(cfg, "digits"), str(tmp_path / "clean.h5"), str(tmp_path / "observations.h5"))
     obs = load_observations(tmp_path / "observations.h5")
     planned = {v: _by(plan(cfg), "digits", v, "iter_k/model.pt").raw for v in exp["variants"]}
     for v, var in exp["variants"].items():
