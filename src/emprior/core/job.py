@@ -1,5 +1,6 @@
 """What one Snakemake job knows about itself: the config, which experiment / variant / iteration it
-is for, the device it computes on and the numerical precision of its network (both chosen once, here)."""
+is for, the device it computes on, the numerical precision of its network and how it stores arrays
+(each chosen once, here)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from emprior.core.precision import Precision
 from emprior.core.provenance import make_provenance
+from emprior.core.storage import Storage, storage_of
 from emprior.core.rng import derive_seed, torch_generator
 
 if TYPE_CHECKING:
@@ -50,6 +52,11 @@ class Job:
     def precision(self) -> Precision:
         """The config section ``precision`` (:mod:`emprior.core.precision`; defaults when absent)."""
         return Precision.from_config(self.config)
+
+    @functools.cached_property
+    def storage(self) -> Storage:
+        """The config section ``storage``: how the job's HDF5 arrays are written (:mod:`emprior.core.storage`)."""
+        return storage_of(self.config)
 
     @property
     def context(self) -> str:

@@ -26,7 +26,6 @@ from emprior.core import preempt
 from emprior.core.artifacts import load_h5, save_h5
 from emprior.core.errors import ArtifactError, NumericalError, Preempted
 from emprior.core.log import get_logger
-from emprior.core.storage import storage_of
 from emprior.diffusion.samplers import sample
 from emprior.diffusion.schedule import Schedule
 
@@ -127,7 +126,7 @@ def run_estep(prior, method, obs, job: Job, blocks: list[int], shard: int = 0, p
             if partial:
                 save_h5(block_path(partial, b), {"x": x_b, "residual_ratio": ratio_b},
                         attrs={"block": b, "seed": str(seed), "solver": merge_stats([stats_b]), **key},
-                        storage=storage_of(job.config), samples=("x",))
+                        storage=job.storage, samples=("x",))
         xs.append(x_b)
         idx.append(rows)
         ratios.append(ratio_b)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from emprior.core.job import Job
 from emprior.core.log import get_logger
-from emprior.core.storage import storage_of
 from emprior.pipeline.commands import command
 
 log = get_logger("emprior.pipeline.data")
@@ -19,7 +18,7 @@ def dataset(job: Job, out: str) -> None:
     seed = job.derive_seed("dataset")
     x = load_dataset(job.exp["dataset"], seed)
     log.info("dataset %s: %d latents of shape %s", job.experiment, len(x), tuple(x.shape[1:]))
-    save_clean(out, x, job.exp["dataset"], job.provenance("dataset") | {"seed": seed}, storage_of(job.config))
+    save_clean(out, x, job.exp["dataset"], job.provenance("dataset") | {"seed": seed}, job.storage)
 
 
 @command("observe", ids=("experiment",))
@@ -30,4 +29,4 @@ def observe(job: Job, clean: str, out: str) -> None:
     obs = corrupt(load_clean(clean), job.exp["observation"], job.seed, job.experiment)
     log.info("observe %s: %d observations y of shape %s, noise std %g", job.experiment, len(obs),
              tuple(obs.y.shape[1:]), obs.noise_std)
-    save_observations(out, obs, job.provenance("observe"), storage_of(job.config))
+    save_observations(out, obs, job.provenance("observe"), job.storage)

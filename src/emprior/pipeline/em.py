@@ -15,7 +15,6 @@ from emprior.core.artifacts import load_h5, save_h5, save_torch, verify
 from emprior.core.errors import ArtifactError
 from emprior.core.job import Job
 from emprior.core.log import get_logger
-from emprior.core.storage import storage_of
 from emprior.pipeline.commands import command
 
 log = get_logger("emprior.pipeline.em")
@@ -73,7 +72,7 @@ def estep(job: Job, shard: int, model: str, observations: str, out: str) -> None
             attrs={"blocks": res["blocks"], "block_seeds": [str(s) for s in res["block_seeds"]],
                    "solver": res["solver"], "shard": shard, "shards": est["shards"], "iteration": job.iteration},
             provenance=job.provenance("estep_shard", shard=shard), runtime={"seconds": res["seconds"]},
-            storage=storage_of(job.config), samples=("x",))
+            storage=job.storage, samples=("x",))
     shutil.rmtree(partial, ignore_errors=True)
 
 
@@ -97,7 +96,7 @@ def gather(job: Job, out: str, shards: list[str]) -> None:
         raise ArtifactError(f"{out}: non-finite posterior samples in shards")
     save_h5(out, {"x": x, "index": index[order], "residual_ratio": np.concatenate(ratios)[order]},
             attrs={"shards": info, "iteration": job.iteration}, provenance=job.provenance("gather_posterior"),
-            storage=storage_of(job.config), samples=("x",))
+            storage=job.storage, samples=("x",))
 
 
 @command("mstep", ids=("experiment", "variant", "iteration"))

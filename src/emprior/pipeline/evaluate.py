@@ -11,42 +11,41 @@ from emprior.core.artifacts import save_h5, save_json
 from emprior.core.errors import ConfigError
 from emprior.core.job import Job
 from emprior.core.log import get_logger
-from emprior.core.storage import storage_of
 from emprior.pipeline.commands import command
 from emprior.pipeline.em import method_of
 
 log = get_logger("emprior.pipeline.evaluate")
 
 
-@command("prior-samples", ids=("experiment", "variant", "iteration"))
-def prior_samples(job: Job, model: str, out: str) -> None:
-    """rule prior_samples (evaluate.shards = 1): unconditional samples of q_k"""
+def _write_prior_samples(job: Job, model: str, out: str, n: int, keys: tuple, rule: str, attrs: dict,
+                         **ids: int) -> None:
+    """``n`` samples of q_k (``model``) drawn from the job's stream ``keys``, written to ``out``."""
     from emprior.priors.checkpoint import load_prior
 
     prior = load_prior(model, device=job.device, precision=job.precision)
     start = time.perf_counter()
-    x = method_of(job).sample_prior(job, prior, job.exp["evaluate"]["n_samples"], job.generator("prior_samples"))
-    save_h5(out, {"x": x.float().cpu()}, attrs={"iteration": job.iteration},
-            provenance=job.provenance("prior_samples"), runtime={"seconds": time.perf_counter() - start},
-            storage=storage_of(job.config), samples=("x",))
+    x = method_of(job).sample_prior(job, prior, n, job.generator(*keys))
+    save_h5(out, {"x": x.float().cpu()}, attrs={"iteration": job.iteration, **attrs},
+            provenance=job.provenance(rule, **ids), runtime={"seconds": time.perf_counter() - start},
+            storage=job.storage, samples=("x",))
+
+
+@command("prior-samples", ids=("experiment", "variant", "iteration"))
+def prior_samples(job: Job, model: str, out: str) -> None:
+    """rule prior_samples (evaluate.shards = 1): unconditional samples of q_k"""
+    _write_prior_samples(job, model, out, job.exp["evaluate"]["n_samples"], ("prior_samples",), "prior_samples", {})
 
 
 @command("prior-samples-shard", ids=("experiment", "variant", "iteration"))
 def prior_samples_shard(job: Job, shard: int, model: str, out: str) -> None:
     """rule prior_samples_shard: shard j of evaluate.shards of the unconditional samples of q_k"""
     from emprior.evaluation.prior_shards import shard_size, shard_stream
-    from emprior.priors.checkpoint import load_prior
 
     ev = job.exp["evaluate"]
     shards = ev.get("shards", 1)
-    n, keys = shard_size(ev["n_samples"], shards, shard), shard_stream(shards, shard)
-    prior = load_prior(model, device=job.device, precision=job.precision)
-    start = time.perf_counter()
-    x = method_of(job).sample_prior(job, prior, n, job.generator(*keys))
-    save_h5(out, {"x": x.float().cpu()},
-            attrs={"iteration": job.iteration, "shard": shard, "shards": shards, "seed": str(job.derive_seed(*keys))},
-            provenance=job.provenance("prior_samples_shard", shard=shard),
-            runtime={"seconds": time.perf_counter() - start}, storage=storage_of(job.config), samples=("x",))
+    keys = shard_stream(shards, shard)
+    _write_prior_samples(job, model, out, shard_size(ev["n_samples"], shards, shard), keys, "prior_samples_shard",
+                         {"shard": shard, "shards": shards, "seed": str(job.derive_seed(*keys))}, shard=shard)
 
 
 @command("gather-prior-samples", ids=("experiment", "variant", "iteration"), torch=False)
@@ -58,7 +57,7 @@ def gather_prior_samples(job: Job, out: str, shards: list[str]) -> None:
     x, info, seconds = gather_shards(shards, ev["n_samples"], ev.get("shards", 1), out)
     save_h5(out, {"x": x}, attrs={"iteration": job.iteration, "shards": info},
             provenance=job.provenance("gather_prior_samples"), runtime={"seconds": seconds},
-            storage=storage_of(job.config), samples=("x",))
+            storage=job.storage, samples=("x",))
 
 
 @command("estep-check", ids=("experiment", "variant"))

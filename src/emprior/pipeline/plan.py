@@ -9,7 +9,6 @@ from emprior.pipeline.commands import command
 @command("disk-plan")
 def disk_plan(job: Job) -> None:
     """print the planned disk use of the config's artifacts (per experiment, variant, iteration)"""
-    from emprior.core.storage import storage_of
     from emprior.report.disk import format_plan, plan
 
-    print(format_plan(plan(job.config), storage_of(job.config), source=f"results folder {job.config.get('results')}"))
+    print(format_plan(plan(job.config), job.storage, source=f"results folder {job.config.get('results')}"))
