@@ -26,7 +26,7 @@ def report_targets():
         if exp["dataset"]["name"] == "manifold":
             targets.append(f"{R}/figures/fig3_{name}.png")
     if "sampler_benchmark" in config:
-        targets += [f"{R}/tables/table4.{ext}" for ext in ("csv", "md")]
+        targets += [f"{R}/tables/sampler_accuracy.{ext}" for ext in ("csv", "md")]
     if "cost_benchmark" in config:
         targets += [f"{R}/tables/table5.{ext}" for ext in ("csv", "md")]
     if "table1" in config.get("tables", {}):

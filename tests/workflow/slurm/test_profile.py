@@ -26,6 +26,7 @@ GPU_RULES = {
     "iteration_metrics",
     "fid_reference",
     "table4",
+    "sampler_accuracy",
     "table5",
 }
 # Rules that must never receive a GPU (login-node localrules and the CPU-light rules).
