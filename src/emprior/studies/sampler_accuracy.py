@@ -21,7 +21,9 @@ the floor, bias2 ~ 0, spread ~ 1, coverage90 ~ 0.9.
 
 Priors (``priors: {name: spec}``; ``prior: spec`` is one prior named by its kind):
 ``gmm_digits``, a mixture fitted by EM (scikit-learn, full covariances + reg_covar I) to the 8x8
-digits in [-1, 1], held-out images being the ground truth; ``gmm_separated``
+digits in [-1, 1], held-out images being the ground truth; ``gaussian_digits``, one Gaussian (the
+control: MMPS's Gaussian projection is exact there, so a converged MMPS must reach the floor);
+``gmm_separated``
 (:mod:`emprior.studies.sampler_priors`), a few tight, well-separated class components, where the
 Gaussian moment projection behind MMPS/TMPD/GDM is known to be poor, so the ranking is not one
 prior's accident.
@@ -57,7 +59,7 @@ from emprior.core.log import get_logger
 from emprior.operators import LinearOperator, make_operator, measured_system
 from emprior.posterior import PosteriorDenoiser, make_posterior
 from emprior.core.rng import derive_seed, torch_generator
-from emprior.studies.sampler_priors import separated_digits_mixture, separation
+from emprior.studies.sampler_priors import gaussian_digits_prior, separated_digits_mixture, separation
 from emprior.studies.sampler_scores import distribution_scores, mixture_quantiles
 
 __all__ = [
@@ -85,8 +87,8 @@ __all__ = [
 log = get_logger("emprior.studies.sampler_accuracy")
 
 X_SHAPE = (1, 8, 8)
-PRIOR_KINDS = ("gmm_digits", "gmm_separated", "adm")
-PRIOR_ORDER = ("digits", "separated")
+PRIOR_KINDS = ("gmm_digits", "gmm_separated", "gaussian_digits", "adm")
+PRIOR_ORDER = ("gaussian", "digits", "separated")
 TASK_ORDER = ("box_inpainting", "random_inpainting", "motion_deblur", "super_resolution")
 EXACT_LABEL = "Exact posterior"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -165,7 +167,8 @@ def check_prior(prior: Any, where: str) -> dict[str, Any]:
         raise DataError(f"{where}.kind='adm': ADM/FFHQ prior not implemented yet (paper-scale Table 4 needs "
                         "the DPS FFHQ checkpoint and an ADM port); use kind 'gmm_digits'")
     keys = {"gmm_digits": {"kind", "components", "reg_covar", "max_iter"},
-            "gmm_separated": {"kind", "classes", "shrink", "reg_covar"}}
+            "gmm_separated": {"kind", "classes", "shrink", "reg_covar"},
+            "gaussian_digits": {"kind", "reg_covar"}}
     if kind not in keys:
         raise ConfigError(f"{where}.kind: must be one of {list(PRIOR_KINDS)}, got {kind!r}")
     unknown = sorted(set(prior) - keys[kind])
@@ -175,6 +178,8 @@ def check_prior(prior: Any, where: str) -> dict[str, Any]:
     if kind == "gmm_digits":
         return {"kind": kind, "components": _pos_int(_get(prior, "components", where, 16), f"{where}.components"),
                 "reg_covar": reg, "max_iter": _pos_int(_get(prior, "max_iter", where, 200), f"{where}.max_iter")}
+    if kind == "gaussian_digits":
+        return {"kind": kind, "reg_covar": reg}
     classes = _get(prior, "classes", where, [0, 1, 4, 7])
     if not isinstance(classes, (list, tuple)) or len(classes) < 2 or len(set(map(str, classes))) != len(classes) \
             or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for c in classes):
@@ -239,6 +244,10 @@ def build_prior(spec: dict[str, Any], n_truth: int, seed: int) -> tuple[Gaussian
         mix, x = fit_digits_gmm(spec["components"], spec["reg_covar"], n_truth, seed, spec["max_iter"])
         return mix, x, (f"{mix.K}-component Gaussian mixture (full covariances, reg_covar {spec['reg_covar']:g}) "
                         "fitted to the 8x8 digits in [-1, 1], held-out digits as ground truths")
+    if spec["kind"] == "gaussian_digits":
+        mix, x = gaussian_digits_prior(spec["reg_covar"], n_truth, seed)
+        return mix, x, (f"one Gaussian, the digits' mean and covariance (+ {spec['reg_covar']:g} I): p(x | x_t) "
+                        "is Gaussian, so MMPS with a converged solver is exact; ground truths drawn from the prior")
     mix, x = separated_digits_mixture(spec["classes"], spec["shrink"], spec["reg_covar"], n_truth, seed)
     return mix, x, (f"{mix.K} digit classes {spec['classes']}, covariances shrunk x{spec['shrink']:g} "
                     f"(+ {spec['reg_covar']:g} I), closest means {separation(mix):.1f} widest radii apart; "

@@ -1,4 +1,9 @@
-"""The second analytic prior of the sampler benchmark: a few well-separated, tight components.
+"""Analytic priors of the sampler benchmark besides the fitted digits mixture.
+
+``gaussian_digits``: one Gaussian N(mu, C + reg_covar I), the digits' mean and covariance in [-1, 1]
+(the q_0 of the EM runs). p(x | x_t) is then Gaussian, Tweedie's covariance (Eq. (21)) is exact and
+MMPS with a converged solver is the exact posterior score: the control where a correct sampler must
+reach the Monte-Carlo floor (up to the sampler's discretisation).
 
 ``gmm_separated``: K = len(classes) equally weighted components on the 8x8 digits in [-1, 1], one per
 digit class c, N(mu_c, shrink * C_c + reg_covar I) with mu_c, C_c the class's mean and covariance
@@ -22,7 +27,20 @@ from emprior.core.errors import ConfigError
 from emprior.core.rng import torch_generator
 from emprior.priors.mixture import GaussianMixture
 
-__all__ = ["separated_digits_mixture", "separation"]
+__all__ = ["gaussian_digits_prior", "separated_digits_mixture", "separation"]
+
+
+def gaussian_digits_prior(reg_covar: float, n_truth: int, seed: int) -> tuple[GaussianMixture, Tensor]:
+    """The one-component prior of the module docstring (float64) and ``n_truth`` ground truths
+    (n, 1, 8, 8) drawn from it with the stream (seed, "gaussian-truth")."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().data / 8.0 - 1.0  # [0, 16] -> [-1, 1]
+    cov = np.cov(images, rowvar=False) + reg_covar * np.eye(images.shape[1])
+    mix = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.from_numpy(images.mean(0))[None],
+                          torch.from_numpy(cov)[None])
+    x = mix.sample(n_truth, generator=torch_generator(seed, "gaussian-truth"))
+    return mix, x.reshape(n_truth, 1, 8, 8)
 
 
 def separated_digits_mixture(classes: list[int], shrink: float, reg_covar: float, n_truth: int,
