@@ -193,8 +193,8 @@ def test_separated_prior_is_separated_and_the_truth_is_drawn_from_it():
 
 
 def test_gaussian_control_converged_mmps_reaches_the_floor():
-    """One Gaussian prior: Tweedie's covariance is exact, so MMPS (5) samples the exact posterior up to discretisation: at 50 DDPM steps its distance is at the floor (measured
-    0.1315 vs 0.1312) and bias2 ~ 0, while DPS stays clearly above (0.161, bias2 0.06)."""
+    """One Gaussian prior: Tweedie's covariance is exact, so MMPS (5) samples the exact posterior up to
+    discretisation: at 50 DDPM steps its distance is at the floor (measured 0.1315 vs 0.1312) and bias2 ~ 0, while DPS stays clearly above (0.161, bias2 0.06)."""
     from emprior.diffusion.schedule import Schedule
     from emprior.priors.mixture import GaussianMixtureDenoiser
     from sklearn.datasets import load_digits
