@@ -25,8 +25,8 @@ rule fig2:
         " --threads {threads} > {log} 2>&1"
 
 
-# Paper Table 4 at CPU scale: samplers scored as distributions against the exact posterior of two
-# analytic (Gaussian-mixture) priors (docs/sampler-accuracy-table4.md).
+# Paper Table 4 at CPU scale: samplers scored as distributions against the exact posteriors of analytic
+# priors (a Gaussian control and two Gaussian mixtures; docs/sampler-accuracy-table4.md).
 rule sampler_accuracy:
     output:
         csv=f"{R}/tables/sampler_accuracy.csv",
