@@ -67,7 +67,8 @@ def _data_config(experiment):
     exp = config["experiments"][experiment]
     keep = {"seed": config["seed"], "results": R, "torch_threads": config.get("torch_threads", 1),
             "experiments": {experiment: {"dataset": exp["dataset"], "observation": exp["observation"]}}}
-    keep.update({k: config[k] for k in ("plugins", "device", "precision", "storage") if k in config})
+    keep.update({k: config[k] for k in ("plugins", "device", "precision", "storage", "reproducibility")
+                 if k in config})
     return _dump(keep)
 
 

@@ -155,8 +155,8 @@ def job_config(config: dict[str, Any], experiment_name: str | None = None, varia
     Snakemake passes it to the job as a file named by its digest, so editing one variant or the
     evaluation settings does not rerun unrelated jobs."""
     out: dict[str, Any] = {k: copy.deepcopy(config[k])
-                           for k in ("seed", "results", "torch_threads", "device", "precision", "storage", "plugins",
-                                     "metrics")
+                           for k in ("seed", "results", "torch_threads", "device", "precision", "storage", "reproducibility",
+                                     "plugins", "metrics")
                            if k in config and k not in drop}
     if experiment_name is None:
         for key in ("fig2", "tables", "sampler_benchmark", "cost_benchmark"):

@@ -16,6 +16,7 @@ import pandas as pd
 
 from emprior.core.artifacts import verify
 from emprior.core.errors import ArtifactError
+from emprior.core.reproducibility import signature
 
 ITER = re.compile(r"iter_(\d{3})$")
 EVALUATION = ("prior_samples.h5", "prior_samples", "metrics.json")  # what an evaluated iteration has
@@ -147,6 +148,29 @@ def estep_checks(results: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def arithmetic(results: str | Path) -> pd.DataFrame:
+    """How the run's jobs did their arithmetic, from every sidecar's provenance ``arithmetic`` record
+    (:func:`emprior.core.reproducibility.record`): one row per kind, with the number of artifacts. Under
+    the portable pins the processor does not matter; unpinned jobs are told apart by processor model and
+    the vector extension ATen dispatched to."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for side in Path(results).rglob("*.prov.json"):
+        if any(part in (".config", "logs", "benchmarks") for part in side.parts):
+            continue
+        try:
+            rec = (json.loads(side.read_text()).get("provenance") or {}).get("arithmetic")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if rec is None:
+            key = ("(not recorded)", "-", "-")
+        else:
+            proc, mode, aten = signature(rec)
+            key = ("portable", "any", "avx2") if mode == "portable" else (mode, proc, aten)
+        counts[key] = counts.get(key, 0) + 1
+    return pd.DataFrame([{"dispatch": m, "processor": p, "aten": a, "artifacts": n}
+                         for (m, p, a), n in sorted(counts.items())])
+
+
 def audit(results: str | Path) -> tuple[str, int]:
     df = audit_rows(results)
     if df.empty:
@@ -159,4 +183,14 @@ def audit(results: str | Path) -> tuple[str, int]:
     if not checks.empty:
         text += ("\n\nIteration 1's E-step vs the exact posterior under q_0 (an exact sampler: spread 1, "
                  "bias2 0):\n" + checks.to_string(index=False, float_format=fmt))
+    kinds = arithmetic(results)
+    mixed = len(kinds) > 1
+    if mixed:
+        bad += 1
+        text += ("\n\nFLAG mixed arithmetic: the run's artifacts were computed with different processor "
+                 "dispatch (docs/reproducibility.md); rerun the minority with the same pins to get one "
+                 "run's bytes:\n" + kinds.to_string(index=False))
+    elif not kinds.empty:
+        row = kinds.iloc[0]
+        text += f"\n\narithmetic: {row['dispatch']} dispatch (processor {row['processor']}), all {row['artifacts']} artifacts"
     return text, (1 if bad else 0)
