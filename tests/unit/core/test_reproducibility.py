@@ -98,6 +98,7 @@ def test_same_bytes_on_two_processors_only_with_the_pins(tmp_path, tiny_digits):
 
     variant = {"method": "diem", "posterior": {"method": "mmps", "covariance": "tweedie", "solver": "cg", "maxiter": 1}}
     cfg = tiny_digits(tmp_path, {"v": variant}, estep={"shards": 1}, mstep={"steps": 8})
+    cfg["experiments"]["digits"]["iterations"] = 2
     obs = str(tmp_path / "observations.h5")
     em.init_prior(Job(cfg, "digits", "v"), obs, str(tmp_path / "m0.pt"))
     em.estep(Job(cfg, "digits", "v", 1), 0, str(tmp_path / "m0.pt"), obs, str(tmp_path / "s0.h5"))
