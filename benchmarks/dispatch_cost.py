@@ -32,7 +32,8 @@ def child_cpu(cmd: list[str], env: dict[str, str]) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
-        raise SystemExit(f"error: {' '.join(cmd[:4])}: {out.stderr.strip().splitlines()[-1:]}")
+        tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"error: {' '.join(cmd[3:5])} exited with status {out.returncode}: {tail}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
