@@ -67,7 +67,8 @@ def _data_config(experiment):
     exp = config["experiments"][experiment]
     keep = {"seed": config["seed"], "results": R, "torch_threads": config.get("torch_threads", 1),
             "experiments": {experiment: {"dataset": exp["dataset"], "observation": exp["observation"]}}}
-    keep.update({k: config[k] for k in ("plugins", "device", "precision", "storage") if k in config})
+    keep.update({k: config[k] for k in ("plugins", "device", "precision", "storage", "reproducibility")
+                 if k in config})
     return _dump(keep)
 
 
@@ -160,15 +161,35 @@ def all_posterior_shards(experiment):
             for k in range(1, n_iterations(experiment) + 1) for j in range(n_shards(experiment))]
 
 
+def all_kept_artifacts(experiment):
+    """Every artifact of an experiment that the workflow keeps for audit: the data, each iteration's
+    model.pt, posterior.h5 and E-step shards, the evaluated iterations' prior samples (and their shards),
+    iteration 1's E-step check and the FID reference."""
+    out = [f"{R}/{experiment}/data/clean.h5", f"{R}/{experiment}/data/observations.h5"]
+    if fid_on(experiment):
+        out.append(f"{R}/{experiment}/data/fid_reference.h5")
+    K = n_iterations(experiment)
+    for v in variants_of(experiment):
+        out += [f"{itdir(experiment, v, k)}/model.pt" for k in range(first_iteration(experiment, v), K + 1)]
+        if has_stage(experiment, v, "estep"):
+            out += [f"{itdir(experiment, v, k)}/posterior.h5" for k in range(1, K + 1)]
+        out += [f"{itdir(experiment, v, k)}/prior_samples.h5" for k in evaluated(experiment, v)]
+        if method(experiment, v).estep_check and 1 in evaluated(experiment, v):
+            out.append(f"{itdir(experiment, v, 1)}/estep_check.json")
+    return out
+
+
 def all_targets():
-    # The shards are targets too: Snakemake does not rebuild a missing intermediate file whose
-    # consumers are up to date, but a deleted shard must be recomputed (and, being newer, rerun
-    # everything downstream of it) so that the audit trail stays complete.
+    # Every artifact kept for audit is a target, not only the final tables: Snakemake does not rebuild a
+    # missing intermediate file whose consumers are up to date, but a deleted file must be recomputed
+    # (and, being newer, rerun everything downstream of it) so that the audit trail stays complete;
+    # `python -m emprior repair` turns a modified file into a missing one (README, "When a job dies").
     targets = []
     for name in config["experiments"]:
+        targets += all_kept_artifacts(name)
         targets += all_iteration_metrics(name)
         targets += all_posterior_shards(name)
         targets += all_prior_shards(name)
         targets.append(f"{R}/figures/{name}_metrics.png")
     targets += report_targets()
-    return targets
+    return list(dict.fromkeys(targets))

@@ -223,3 +223,27 @@ def test_bad_arguments_subprocess(folders, tmp_path):
     assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error:") and str(missing) in res.stderr
     res = subprocess.run([sys.executable, str(SCRIPT), str(a), str(a)], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip().splitlines()[-1].startswith("IDENTICAL: 14 arrays")
+
+
+def test_sizes_of_differences(folders, capsys):
+    """Beside the bytes: the largest absolute and relative difference per array, per table cell and over the
+    run, computed from known perturbations."""
+    a, b = folders
+    with h5py.File(a / ITER / "posterior.h5", "r") as f:
+        x = f["x"][()]
+    with h5py.File(b / ITER / "posterior.h5", "r+") as f:
+        y = x.copy()
+        y[0, 0, 0, 0] = x[0, 0, 0, 0] + 0.5
+        y[1, 0, 1, 1] = x[1, 0, 1, 1] * (1 + 1e-3)
+        f["x"][...] = y
+    _cell(b)  # 13.25 -> 13.2500001
+    rc, out = run(capsys, a, b)
+    assert rc == 1, out
+    d = np.abs(y.astype(np.float64) - x)
+    rel = d / np.maximum(np.abs(x), np.abs(y))
+    want = f"max |A-B| = {d.max():.3g}, max relative = {rel.max():.3g}"
+    line = next(ln for ln in out.splitlines() if f"{ITER}/posterior.h5 :: x ::" in ln)
+    assert want in line, out
+    cell = next(ln for ln in out.splitlines() if "table1.csv" in ln)
+    assert f"psnr; max |A-B| = {1e-7:.3g}, max relative = {1e-7 / 13.2500001:.3g}" in cell, out
+    assert f"largest numeric difference: relative {rel.max():.3g}, absolute {d[rel == rel.max()][0]:.3g}" in out, out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,92 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|Infinity|nan)$")
+
+
+def _types(node: dict[str, Any], root: dict[str, Any]) -> tuple[set[str], list[dict[str, Any]]]:
+    """The JSON types a schema node allows and the sub-schemas to descend into ($ref and the branches
+    of oneOf/anyOf/allOf resolved)."""
+    if "$ref" in node:
+        target: Any = root
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        return _types(target, root)
+    types: set[str] = set()
+    t = node.get("type")
+    if isinstance(t, str):
+        types.add(t)
+    elif isinstance(t, list):
+        types.update(t)
+    if "enum" in node:
+        types.update(type(v).__name__ for v in node["enum"])  # str, int, float, bool, NoneType
+    nodes = [node]
+    for key in ("oneOf", "anyOf", "allOf"):
+        for sub in node.get(key, []):
+            st, sn = _types(sub, root)
+            types |= st
+            nodes += sn
+    return types, nodes
+
+
+def _scalar(text: str, types: set[str]) -> Any:
+    """``text`` as the first type of ``types`` it spells, else itself (a string the schema allows, or
+    one the validator then reports)."""
+    if "string" in types or "str" in types:
+        return text
+    if types & {"integer", "int"} and _INT.match(text):
+        return int(text)
+    if types & {"number", "float"} and (_INT.match(text) or _FLOAT.match(text)):
+        return int(text) if _INT.match(text) and "integer" in types else float(text)
+    if types & {"boolean", "bool"} and text in ("true", "True", "false", "False"):
+        return text in ("true", "True")
+    if types & {"null", "NoneType"} and text in ("null", "None", "~", ""):
+        return None
+    return text
+
+
+def coerce_strings(config: Any, schema: dict[str, Any]) -> list[tuple[list[Any], Any]]:
+    """Snakemake passes the values of a nested ``--config`` override as strings (``experiments={digits:
+    {iterations: 2}}`` gives ``'2'``): replace, in place, each string whose schema type is a number,
+    integer, boolean or null and which spells one. Returns (key path, new value) of each replacement.
+    The options inside a free-form plug-in object (a variant's ``posterior: {method: mmps, ...}``) have no
+    type in the schema: override those with --configfile (a YAML file), not nested --config."""
+    done: list[tuple[list[Any], Any]] = []
+
+    def walk(value: Any, node: dict[str, Any], path: list[Any], parent: Any, key: Any) -> None:
+        types, nodes = _types(node, schema)
+        if isinstance(value, str):
+            new = _scalar(value, types)
+            if new is not value and parent is not None:
+                parent[key] = new
+                done.append((path, new))
+            return
+        for n in nodes:
+            if isinstance(value, dict):
+                props = n.get("properties", {})
+                extra = n.get("additionalProperties")
+                for k, v in list(value.items()):
+                    sub = props.get(k, extra if isinstance(extra, dict) else None)
+                    if sub is not None:
+                        walk(v, sub, path + [k], value, k)
+            elif isinstance(value, list) and isinstance(n.get("items"), dict):
+                for i, v in enumerate(value):
+                    walk(v, n["items"], path + [i], value, i)
+
+    walk(config, schema, [], None, None)
+    return done
+
+
+def apply_coercions(config: dict[str, Any], coercions: list[tuple[list[Any], Any]]) -> None:
+    """Replay :func:`coerce_strings`' replacements (kept with the plan) on the same raw config."""
+    for path, value in coercions:
+        node: Any = config
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+
+
 def _key_path(error: Any) -> str:
     parts = [str(p) for p in error.absolute_path]
     return ".".join(parts) if parts else "<top level>"
@@ -47,7 +134,9 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
 
     if isinstance(config, dict) and isinstance(config.get("plugins"), list):
         load_plugins(config["plugins"], source=source)
-    validator = Draft202012Validator(load_schema())
+    schema = load_schema()
+    coerce_strings(config, schema)
+    validator = Draft202012Validator(schema)
     error = best_match(validator.iter_errors(config))
     if error is not None:
         where = _key_path(error)
@@ -155,8 +244,8 @@ def job_config(config: dict[str, Any], experiment_name: str | None = None, varia
     Snakemake passes it to the job as a file named by its digest, so editing one variant or the
     evaluation settings does not rerun unrelated jobs."""
     out: dict[str, Any] = {k: copy.deepcopy(config[k])
-                           for k in ("seed", "results", "torch_threads", "device", "precision", "storage", "plugins",
-                                     "metrics")
+                           for k in ("seed", "results", "torch_threads", "device", "precision", "storage", "reproducibility",
+                                     "plugins", "metrics")
                            if k in config and k not in drop}
     if experiment_name is None:
         for key in ("fig2", "tables", "sampler_benchmark", "cost_benchmark"):

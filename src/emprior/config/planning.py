@@ -29,7 +29,7 @@ from typing import Any
 
 import emprior
 
-FORMAT = 1  # bump when the facts or their meaning change
+FORMAT = 2  # bump when the facts or their meaning change
 # torch.hub.get_dir() reads these; the default Inception weights path follows them
 HUB_ENV = ("TORCH_HOME", "XDG_CACHE_HOME")
 
@@ -53,12 +53,16 @@ class PlanFacts:
     methods: dict[str, dict[str, MethodFacts]]  # experiment -> variant -> facts
     inception_weights: str  # metrics.inception_weights, or torch.hub's cache when unset
     key: str
+    # (key path, value) of each string of a nested --config override that the schema's types turned into a
+    # number / boolean / null (emprior.config.loading.coerce_strings); replayed on the raw config
+    coercions: tuple = ()
 
     def method(self, experiment: str, variant: str) -> MethodFacts:
         return self.methods[experiment][variant]
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "key": self.key, "inception_weights": self.inception_weights,
+                "coercions": [[list(p), v] for p, v in self.coercions],
                 "methods": {e: {v: asdict(m) for v, m in vs.items()} for e, vs in self.methods.items()}}
 
     @classmethod
@@ -66,7 +70,8 @@ class PlanFacts:
         methods = {e: {v: MethodFacts(m["name"], tuple(m["stages"]), bool(m["estep_check"]),
                                       bool(m["init_needs_clean"]), tuple(m["previous_at"]))
                        for v, m in vs.items()} for e, vs in data["methods"].items()}
-        return cls(methods, str(data["inception_weights"]), str(data["key"]))
+        return cls(methods, str(data["inception_weights"]), str(data["key"]),
+                   tuple((list(p), v) for p, v in data.get("coercions", [])))
 
 
 def _package_files() -> list[Path]:
@@ -112,11 +117,13 @@ def plan_key(config: dict[str, Any]) -> str | None:
 
 
 def compute_facts(config: dict[str, Any], source: str = "config", key: str = "") -> PlanFacts:
-    """Validate ``config`` (one-line ConfigError) and ask the plug-ins; imports every registry."""
-    from emprior.config.loading import validate_config
+    """Validate ``config`` (one-line ConfigError; nested --config strings coerced in place by the schema's
+    types first) and ask the plug-ins; imports every registry."""
+    from emprior.config.loading import coerce_strings, load_schema, validate_config
     from emprior.evaluation.metrics.images import inception_weights_path
     from emprior.methods import make_method
 
+    coercions = tuple(coerce_strings(config, load_schema()))
     validate_config(config, source=source)
     methods: dict[str, dict[str, MethodFacts]] = {}
     for name, exp in config["experiments"].items():
@@ -127,7 +134,7 @@ def compute_facts(config: dict[str, Any], source: str = "config", key: str = "")
                 var["method"], tuple(m.stages), bool(m.estep_check), bool(m.init_needs_clean),
                 tuple(k for k in range(1, exp["iterations"] + 1) if m.uses_previous(k)))
     weights = inception_weights_path((config.get("metrics") or {}).get("inception_weights"))
-    return PlanFacts(methods, str(weights), key)
+    return PlanFacts(methods, str(weights), key, coercions)
 
 
 def cache_path(config: dict[str, Any], key: str) -> Path:
@@ -136,7 +143,8 @@ def cache_path(config: dict[str, Any], key: str) -> Path:
 
 def plan_facts(config: dict[str, Any], source: str = "config") -> PlanFacts:
     """The facts of ``config``: read from its plan file when one with the same key exists, else
-    computed (validating the config) and written there (atomically: SLURM jobs parse concurrently)."""
+    computed (validating the config) and written there (atomically: SLURM jobs parse concurrently).
+    Either way ``config`` leaves with the nested --config overrides' strings coerced (in place)."""
     use_cache = os.environ.get("EMPRIOR_PLAN_CACHE", "1") != "0"
     key = plan_key(config) if use_cache and isinstance(config, dict) else None
     if key is None or not isinstance(config.get("results"), str):
@@ -145,7 +153,11 @@ def plan_facts(config: dict[str, Any], source: str = "config") -> PlanFacts:
     try:
         data = json.loads(path.read_text())
         if data.get("format") == FORMAT and data.get("key") == key:
-            return PlanFacts.from_json(data)
+            facts = PlanFacts.from_json(data)
+            from emprior.config.loading import apply_coercions
+
+            apply_coercions(config, facts.coercions)
+            return facts
     except (OSError, ValueError, KeyError, TypeError):
         pass  # absent or unreadable: computed again below
     facts = compute_facts(config, source, key)

@@ -46,6 +46,14 @@ class Job:
 
         device = select_device(self.config.get("device", "auto"))
         self.precision.apply(device)  # TF32 is process-wide: set with the device, once
+        if device.type == "cuda":
+            from emprior.core.reproducibility import settings
+
+            if settings(self.config)["cuda_deterministic"]:
+                import torch
+
+                torch.use_deterministic_algorithms(True)
+                torch.backends.cudnn.benchmark = False
         return device
 
     @functools.cached_property

@@ -2,7 +2,15 @@
 anomalies flagged: NaN/Inf anywhere, a residual blow-up in the E-step, solver breakdowns, > 5 % of
 posterior samples left out of the M-step by mstep.max_abs, missing or tampered artifacts, missing
 shard files. Iterations whose samples were stored in a lossy dtype (``storage.dtype: float16``, from
-the files' provenance) get a ``lossy_samples`` column naming the dtype and files; none otherwise."""
+the files' provenance) get a ``lossy_samples`` column naming the dtype and files; none otherwise.
+
+Then every artifact that has a sidecar anywhere in the folder (data, shards, posterior, models,
+samples, metrics, tables, figures) is checked for presence, size and checksum
+(:func:`artifact_problems`), and the arithmetic the jobs ran with (:func:`arithmetic`).
+
+Exit status: 0 nothing flagged, 1 something flagged (each flag is explained in the README), 2 the
+folder could not be read (absent, or no EM iteration in it). A value the table cannot give prints
+``n/a``, and a line under the table says why for each column that has one."""
 
 from __future__ import annotations
 
@@ -14,8 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from emprior.core.artifacts import verify
+from emprior.core.artifacts import SIDE, sidecar, verify
 from emprior.core.errors import ArtifactError
+from emprior.core.reproducibility import signature
 
 ITER = re.compile(r"iter_(\d{3})$")
 EVALUATION = ("prior_samples.h5", "prior_samples", "metrics.json")  # what an evaluated iteration has
@@ -147,16 +156,138 @@ def estep_checks(results: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def audit(results: str | Path) -> tuple[str, int]:
+def arithmetic(results: str | Path) -> pd.DataFrame:
+    """How the run's jobs did their arithmetic, from every sidecar's provenance ``arithmetic`` record
+    (:func:`emprior.core.reproducibility.record`): one row per kind, with the number of artifacts. Under
+    the portable pins the processor does not matter; unpinned jobs are told apart by processor model and
+    the vector extension ATen dispatched to."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for side in Path(results).rglob("*.prov.json"):
+        if any(part in (".config", "logs", "benchmarks") for part in side.parts):
+            continue
+        try:
+            rec = (json.loads(side.read_text()).get("provenance") or {}).get("arithmetic")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if rec is None:
+            key = ("(not recorded)", "-", "-")
+        else:
+            proc, mode, aten = signature(rec)
+            key = ("portable", "any", "avx2") if mode == "portable" else (mode, proc, aten)
+        counts[key] = counts.get(key, 0) + 1
+    return pd.DataFrame([{"dispatch": m, "processor": p, "aten": a, "artifacts": n}
+                         for (m, p, a), n in sorted(counts.items())])
+
+
+SKIP_PARTS = (".config", "logs", "benchmarks", ".snakemake")
+
+# why a column of the iteration table can have no value (n/a)
+NA_REASONS = {
+    "sinkhorn": "not computed for this experiment's data, or the samples were not finite",
+    "residual_ratio": "iteration 0, or a method without an E-step",
+    "residual_median": "iteration 0, or a method without an E-step",
+    "breakdown_pct": "no linear solve (iteration 0, a method without an E-step, or a sampler without CG/GMRES)",
+    "loss_last": "iteration 0 of a Gaussian q_0 (fitted in closed form, no training loss)",
+    "seconds": "no timing recorded",
+    "dropped": "no M-step record",
+    "fid": "evaluate.fid is off for this experiment, or the Inception weights are missing (metrics.json "
+           "quality.fid_status says which)",
+    "lossy_samples": "samples stored lossless (float32)",
+}
+
+
+def artifact_problems(results: str | Path, checksum: bool = True) -> pd.DataFrame:
+    """Every artifact with a sidecar under ``results`` (logs, benchmarks, job configs aside): missing,
+    of another size than recorded, or (``checksum``) with another sha256; also an artifact whose
+    sidecar is missing or unreadable (a write that did not finish). One row per problem."""
+    from emprior.core.digest import sha256_file
+
+    root = Path(results)
+    rows = []
+    seen = set()
+    for side in sorted(root.rglob(f"*{SIDE}")):
+        if any(part in SKIP_PARTS for part in side.relative_to(root).parts):
+            continue
+        art = Path(str(side)[: -len(SIDE)])
+        seen.add(art)
+        rel = art.relative_to(root).as_posix()
+        try:
+            rec = json.loads(side.read_text())
+        except (OSError, ValueError):
+            rows.append({"file": rel, "problem": "unreadable sidecar"})
+            continue
+        if not art.exists():
+            rows.append({"file": rel, "problem": "missing (its sidecar is there)"})
+        elif rec.get("size") is not None and art.stat().st_size != rec["size"]:
+            rows.append({"file": rel, "problem": f"size {art.stat().st_size} bytes, recorded {rec['size']} (truncated "
+                                                 f"or modified)"})
+        elif checksum and sha256_file(art) != rec.get("sha256"):
+            rows.append({"file": rel, "problem": "checksum mismatch (modified)"})
+    for art in sorted(p for pat in ("*.h5", "*.pt", "*.json", "*.csv", "*.png") for p in root.rglob(pat)):
+        rel_parts = art.relative_to(root).parts
+        if art in seen or str(art).endswith(SIDE) or art.name.endswith(".resume.pt") \
+                or any(part in SKIP_PARTS or part.endswith(".blocks") for part in rel_parts):
+            continue
+        if art.name.startswith(".") or art.name.startswith("plan-"):
+            continue
+        if not sidecar(art).exists() and _is_artifact_dir(art.parent):
+            rows.append({"file": art.relative_to(root).as_posix(), "problem": "no sidecar (its job did not finish)"})
+    return pd.DataFrame(rows, columns=["file", "problem"])
+
+
+def _is_artifact_dir(folder: Path) -> bool:
+    """A folder the workflow writes sidecar'd artifacts into (one of its files has a sidecar)."""
+    return any(folder.glob(f"*{SIDE}"))
+
+
+def _na_lines(df: pd.DataFrame) -> list[str]:
+    lines = []
+    for col in df.columns:
+        if col in ("flags", "experiment", "variant", "iteration"):
+            continue
+        if df[col].isna().any():
+            lines.append(f"  {col}: {NA_REASONS.get(col, 'not recorded for this iteration')}")
+    return lines
+
+
+def audit(results: str | Path, checksum: bool = True) -> tuple[str, int]:
+    """The audit's text and exit status (0 nothing flagged, 1 flags, 2 unreadable folder)."""
+    if not Path(results).is_dir():
+        return f"error: {results}: no such results folder", 2
     df = audit_rows(results)
     if df.empty:
-        return f"no iterations found under {results}", 1
+        return f"error: {results}: no EM iteration found (no <experiment>/<variant>/iter_k folder)", 2
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
-    text = df.to_string(index=False, float_format=fmt)
+    if "evaluated" in df:  # only set (False) where evaluate.iterations left the iteration out
+        df["evaluated"] = df["evaluated"].astype(object).where(df["evaluated"].notna(), True)
+    na = _na_lines(df)
+    shown = df.astype(object).where(df.notna(), "n/a")
+    text = shown.to_string(index=False, float_format=fmt,
+                           formatters={c: (lambda v: v if isinstance(v, str) else fmt(v))
+                                       for c in df.columns if df[c].dtype.kind == "f"})
     bad = int((df["flags"] != "ok").sum())
     text += f"\n{len(df)} iterations, {bad} flagged"
+    if na:
+        text += "\nn/a:\n" + "\n".join(na)
+    problems = artifact_problems(results, checksum=checksum)
+    if problems.empty:
+        text += "\n\nfiles: every artifact with a sidecar is present, of its recorded size and checksum"
+    else:
+        bad += len(problems)
+        text += (f"\n\nFLAG files: {len(problems)} damaged or incomplete artifacts (python -m emprior repair "
+                 f"{results} removes them; then rerun the workflow):\n" + problems.to_string(index=False))
     checks = estep_checks(results)
     if not checks.empty:
         text += ("\n\nIteration 1's E-step vs the exact posterior under q_0 (an exact sampler: spread 1, "
                  "bias2 0):\n" + checks.to_string(index=False, float_format=fmt))
+    kinds = arithmetic(results)
+    mixed = len(kinds) > 1
+    if mixed:
+        bad += 1
+        text += ("\n\nFLAG mixed arithmetic: the run's artifacts were computed with different processor "
+                 "dispatch (docs/reproducibility.md); rerun the minority with the same pins to get one "
+                 "run's bytes:\n" + kinds.to_string(index=False))
+    elif not kinds.empty:
+        row = kinds.iloc[0]
+        text += f"\n\narithmetic: {row['dispatch']} dispatch (processor {row['processor']}), all {row['artifacts']} artifacts"
     return text, (1 if bad else 0)

@@ -84,8 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--{ident}", required=True, type=int if ident == "iteration" else str)
         for flag, kw in _arguments(cmd):
             p.add_argument(flag, **kw)
-    p = sub.add_parser("audit", help="print one row per EM iteration and flag anomalies")
+    p = sub.add_parser("audit", help="Print one row per EM iteration, check every artifact against its sidecar "
+                                     "and flag anomalies (exit status 0: none, 1: flags, 2: unreadable folder).")
     p.add_argument("results", help="results folder (e.g. results/)")
+    p.add_argument("--no-checksum", action="store_true",
+                   help="check presence and size only, not the sha256 (faster on a paper-scale folder)")
+    p = sub.add_parser("repair", help="Remove the artifacts the audit finds missing, truncated or modified, so "
+                                      "that rerunning the workflow rebuilds them and what depends on them.")
+    p.add_argument("results", help="results folder (e.g. results/)")
+    p.add_argument("--no-checksum", action="store_true", help="find damage by size only")
     p = sub.add_parser("validate-config", help="validate YAML config files against the generated schema")
     p.add_argument("configs", nargs="+")
     return parser
@@ -98,7 +105,13 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "audit":
         from emprior.evaluation.audit import audit
 
-        text, status = audit(args.results)
+        text, status = audit(args.results, checksum=not args.no_checksum)
+        print(text)
+        return status
+    if args.command == "repair":
+        from emprior.evaluation.repair import repair
+
+        text, status = repair(args.results, checksum=not args.no_checksum)
         print(text)
         return status
     if args.command == "validate-config":

@@ -16,6 +16,9 @@ from emprior.core.errors import ArtifactError
 from emprior.core.job import Job
 from emprior.core.log import get_logger
 from emprior.pipeline.commands import command
+from emprior.pipeline.inputs import check_input, check_iteration, check_shard
+
+MODEL_RULES = ("init_prior", "mstep")
 
 log = get_logger("emprior.pipeline.em")
 
@@ -32,6 +35,8 @@ def init_prior(job: Job, observations: str, out: str, clean: str | None = None) 
     from emprior.data.observations import load_clean, load_observations
 
     job.iteration = 0
+    check_input(job, observations, "--observations", ("observe",), same_variant=False)
+    check_input(job, clean, "--clean", ("dataset",), same_variant=False)
     method = method_of(job)
     if method.init_needs_clean and not clean:
         raise ArtifactError(f"{out}: the initial prior of {job.var['method']!r} needs --clean (clean.h5)")
@@ -48,6 +53,10 @@ def estep(job: Job, shard: int, model: str, observations: str, out: str) -> None
     from emprior.methods.estep import run_estep, shard_blocks
     from emprior.priors.checkpoint import load_prior
 
+    check_iteration(job, 1)
+    check_shard(job, shard, job.exp["estep"]["shards"])
+    check_input(job, model, "--model", MODEL_RULES, iteration=job.iteration - 1)
+    check_input(job, observations, "--observations", ("observe",), same_variant=False)
     obs = load_observations(observations)
     prior = load_prior(model, device=job.device, precision=job.precision)
     if tuple(prior.x_shape) != tuple(obs.x_shape):
@@ -81,6 +90,7 @@ def gather(job: Job, out: str, shards: list[str]) -> None:
     """rule gather_posterior: shards -> posterior.h5"""
     xs, idx, ratios, info = [], [], [], []
     for path in shards:
+        check_input(job, path, "shard", ("estep_shard",), iteration=job.iteration)
         data, attrs = load_h5(path, rule="estep_shard")
         xs.append(data["x"])
         idx.append(data["index"])
@@ -121,6 +131,10 @@ def _mstep(job: Job, out: str, posterior: str | None, observations: str | None, 
     from emprior.data.observations import load_observations
     from emprior.priors.checkpoint import load_prior
 
+    check_iteration(job, 1)
+    check_input(job, posterior, "--posterior", ("gather_posterior",), iteration=job.iteration)
+    check_input(job, previous, "--previous", MODEL_RULES, iteration=job.iteration - 1)
+    check_input(job, observations, "--observations", ("observe",), same_variant=False)
     method = method_of(job)
     obs = load_observations(observations) if observations else None
     if "estep" in method.stages:

@@ -12,7 +12,8 @@ from emprior.core.errors import ConfigError
 from emprior.core.job import Job
 from emprior.core.log import get_logger
 from emprior.pipeline.commands import command
-from emprior.pipeline.em import method_of
+from emprior.pipeline.em import MODEL_RULES, method_of
+from emprior.pipeline.inputs import check_input, check_iteration, check_shard
 
 log = get_logger("emprior.pipeline.evaluate")
 
@@ -22,6 +23,8 @@ def _write_prior_samples(job: Job, model: str, out: str, n: int, keys: tuple, ru
     """``n`` samples of q_k (``model``) drawn from the job's stream ``keys``, written to ``out``."""
     from emprior.priors.checkpoint import load_prior
 
+    check_iteration(job, 0)
+    check_input(job, model, "--model", MODEL_RULES, iteration=job.iteration)
     prior = load_prior(model, device=job.device, precision=job.precision)
     start = time.perf_counter()
     x = method_of(job).sample_prior(job, prior, n, job.generator(*keys))
@@ -43,6 +46,7 @@ def prior_samples_shard(job: Job, shard: int, model: str, out: str) -> None:
 
     ev = job.exp["evaluate"]
     shards = ev.get("shards", 1)
+    check_shard(job, shard, shards)
     keys = shard_stream(shards, shard)
     _write_prior_samples(job, model, out, shard_size(ev["n_samples"], shards, shard), keys, "prior_samples_shard",
                          {"shard": shard, "shards": shards, "seed": str(job.derive_seed(*keys))}, shard=shard)
@@ -54,6 +58,8 @@ def gather_prior_samples(job: Job, out: str, shards: list[str]) -> None:
     from emprior.evaluation.prior_shards import gather_shards
 
     ev = job.exp["evaluate"]
+    for path in shards:
+        check_input(job, path, "shard", ("prior_samples_shard",), iteration=job.iteration)
     x, info, seconds = gather_shards(shards, ev["n_samples"], ev.get("shards", 1), out)
     save_h5(out, {"x": x}, attrs={"iteration": job.iteration, "shards": info},
             provenance=job.provenance("gather_prior_samples"), runtime={"seconds": seconds},
@@ -68,6 +74,8 @@ def estep_check(job: Job, model: str, observations: str, out: str) -> None:
     from emprior.priors.checkpoint import load_prior
 
     job.iteration = 1
+    check_input(job, model, "--model", ("init_prior",), iteration=0)
+    check_input(job, observations, "--observations", ("observe",), same_variant=False)
     opts = {**DEFAULTS, **job.exp.get("evaluate", {}).get("estep_check", {})}
     prior = load_prior(model, device=job.device, precision=job.precision)
     res = check_estep(prior, method_of(job), load_observations(observations), job, opts["observations"],
@@ -108,4 +116,11 @@ def metrics(job: Job, model: str, samples: str, clean: str, observations: str, o
     """rule iteration_metrics: metrics.json (quality + audit record)"""
     from emprior.evaluation.iteration import iteration_metrics
 
+    check_iteration(job, 0)
+    check_input(job, model, "--model", MODEL_RULES, iteration=job.iteration)
+    check_input(job, samples, "--samples", ("prior_samples", "gather_prior_samples"), iteration=job.iteration)
+    check_input(job, posterior, "--posterior", ("gather_posterior",), iteration=job.iteration)
+    check_input(job, estep_check, "--estep-check", ("estep_check",), iteration=1)
+    check_input(job, observations, "--observations", ("observe",), same_variant=False)
+    check_input(job, clean, "--clean", ("dataset",), same_variant=False)
     iteration_metrics(job, model, samples, clean, observations, posterior, out, estep_check, fid_reference)

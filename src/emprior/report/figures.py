@@ -185,7 +185,8 @@ def observation_images(obs: Any, rows: np.ndarray) -> tuple[np.ndarray, str]:
     y = sub.y.float()
     if tuple(y.shape[1:]) == tuple(sub.x_shape):
         mask = sub.op.measured(y)
-        return (y if mask is None else y * mask).numpy(), "y"
+        # an unmeasured pixel is 0, which the symmetric display range shows mid-gray: say so in the title
+        return (y if mask is None else y * mask).numpy(), "y" if mask is None else "y\n(gray: not\nmeasured)"
     return sub.op.At(y).to(torch.float32).numpy(), "A^T y"
 
 

@@ -49,6 +49,7 @@ import torch
 from emprior.core.errors import ConfigError
 from emprior.priors.gaussian import gaussian_loglik
 from emprior.priors.mixture import GaussianMixture, GaussianMixtureDenoiser
+from emprior.report.palette import key_of, style
 from emprior.core.log import get_logger
 from emprior.data.randman import RandomManifold
 from emprior.evaluation.metrics.sinkhorn import regularized_ot, sinkhorn_divergence
@@ -237,22 +238,25 @@ def plot_fig2(df: pd.DataFrame):
     floor = 1e-12
     names = list(dict.fromkeys(df["covariance"]))
     with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
-        fig = Figure(figsize=(4.8, 3.4), layout="constrained")
+        fig = Figure(figsize=(6.6, 3.6), layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        palette = sns.color_palette("colorblind", len(names))
-        for color, name in zip(palette, names):
+        for name in names:
+            st = style(key_of(name))
             d = df[df["covariance"] == name].sort_values("sigma_t")
             s = d["sigma_t"].to_numpy()
             ax.fill_between(s, np.maximum(d["q25"].to_numpy(), floor), np.maximum(d["q75"].to_numpy(), floor),
-                            color=color, alpha=0.25, linewidth=0)
-            ax.plot(s, np.maximum(d["q50"].to_numpy(), floor), color=color, marker="o", markersize=3,
+                            color=st["color"], alpha=0.25, linewidth=0)
+            ax.plot(s, np.maximum(d["q50"].to_numpy(), floor), color=st["color"], marker=st["marker"], markersize=4,
                     label=LABELS.get(name, name))
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(r"$\sigma_t$")
-        ax.set_ylabel("Sinkhorn divergence")
-        ax.legend(title=r"$\mathbb{V}[x \mid x_t]$ estimate", fontsize="small", title_fontsize="small")
+        ax.set_xlabel(r"noise level $\sigma_t$")
+        ax.set_ylabel(r"Sinkhorn divergence to $p(x \mid x_t, y)$")
+        ax.set_title("Fig. 2: Gaussian posterior with each covariance estimate vs the true posterior\n"
+                     "(median over manifolds, 25-75 % shaded)", fontsize="small")
+        ax.legend(title=r"$\mathbb{V}[x \mid x_t]$ estimate", fontsize="small", title_fontsize="small",
+                  loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return fig
 
 

@@ -1,5 +1,7 @@
 """`python -m emprior audit`: one row per iteration, anomalies flagged."""
 
+import re
+
 import numpy as np
 import torch
 
@@ -89,3 +91,43 @@ def test_iterations_left_out_by_evaluate_iterations_are_not_flagged(tmp_path):
     assert df.loc[1, "flags"] == "ok" and df.loc[1, "evaluated"] == False  # noqa: E712
     assert df.loc[2, "flags"] == "missing prior_samples.h5; missing metrics.json"
     assert df.loc[0, "flags"] == "ok"
+
+
+def test_every_sidecar_artifact_is_checked_and_repair_removes_the_damaged(tmp_path):
+    """Presence, size and checksum of every artifact with a sidecar (data, shards, tables, figures...),
+    a file without its sidecar, n/a with its reason, exit statuses; repair removes exactly the flagged."""
+    from emprior.core.artifacts import save_json
+    from emprior.evaluation.repair import repair
+
+    _iteration(tmp_path, 1, estep={"residual_ratio_mean": 1.0})
+    for rel in ("exp/data/observations.h5", "exp/var/iter_001/posterior/shard_5.h5", "tables/table1.csv",
+                "figures/fig4.png", "exp/data/clean.h5"):
+        save_json(tmp_path / rel, {"x": rel}, {"rule": "r"})
+    text, status = audit(tmp_path)
+    assert status == 0 and "every artifact with a sidecar is present" in text, text
+    assert "fid: evaluate.fid is off" in text and "None" not in text
+    obs = tmp_path / "exp/data/observations.h5"
+    obs.write_bytes(obs.read_bytes()[:-3])                                   # truncated
+    shard = tmp_path / "exp/var/iter_001/posterior/shard_5.h5"
+    data = bytearray(shard.read_bytes())
+    data[3] ^= 1
+    shard.write_bytes(bytes(data))                                           # one bit flipped
+    (tmp_path / "tables/table1.csv").unlink()                                # deleted
+    (tmp_path / "figures/fig5.png").write_bytes(b"png")                      # no sidecar
+    text, status = audit(tmp_path)
+    assert status == 1, text
+    flagged = text[text.index("FLAG files"):]
+    assert "exp/data/observations.h5" in flagged and "truncated" in flagged
+    assert re.search(r"exp/var/iter_001/posterior/shard_5.h5 +checksum mismatch", flagged), flagged
+    assert "tables/table1.csv" in flagged and "missing" in flagged
+    assert "figures/fig5.png" in flagged and "no sidecar" in flagged
+    assert "exp/data/clean.h5" not in flagged
+    out, status = repair(tmp_path)
+    assert status == 0 and out.count("removed ") == 4, out
+    assert not obs.exists() and not shard.exists() and (tmp_path / "exp/data/clean.h5").exists()
+    assert "FLAG files" not in audit(tmp_path)[0]
+
+
+def test_unreadable_folder_is_exit_2(tmp_path):
+    assert audit(tmp_path / "nope")[1] == 2
+    assert audit(tmp_path)[1] == 2
