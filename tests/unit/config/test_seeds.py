@@ -48,13 +48,13 @@ def test_one_seed_keeps_the_experiment_name_and_several_get_a_branch_each():
 def test_a_branch_job_config_is_that_of_the_whole_config_with_its_seed(repo):
     cfg = load_config(repo / "config" / "tiny.yaml", overrides={"seeds": [0, 1]})
     alone = load_config(repo / "config" / "tiny.yaml", overrides={"seed": 1})
-    branch = job_config(seeded(cfg, 1), "digits", "diem_tweedie", drop=("metrics",))
-    assert branch == job_config(alone, "digits", "diem_tweedie", drop=("metrics",))
+    branch = job_config(seeded(cfg, 1), "manifold", "diem_tweedie", drop=("metrics",))
+    assert branch == job_config(alone, "manifold", "diem_tweedie", drop=("metrics",))
     assert branch["seed"] == 1 and "seeds" not in branch
-    # and without `seeds` the job config (so its digest, so the job) is what it was
+    # and with one seed the job config (so its digest, so the job) is what it is without `seeds`
     plain = load_config(repo / "config" / "tiny.yaml")
     one = load_config(repo / "config" / "tiny.yaml", overrides={"seeds": [0]})
-    assert config_digest(job_config(seeded(one, 0), "digits")) == config_digest(job_config(plain, "digits"))
+    assert config_digest(job_config(seeded(one, 0), "manifold")) == config_digest(job_config(plain, "manifold"))
 
 
 def test_an_experiments_own_seeds_replace_the_top_level_ones(repo):
