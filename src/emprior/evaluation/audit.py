@@ -135,7 +135,8 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
 def estep_checks(results: str | Path) -> pd.DataFrame:
     """One row per variant from iter_001/metrics.json's ``estep_check`` (emprior.evaluation.estep_check)."""
     rows = []
-    found = (p for g in ("*/*/iter_001/metrics.json", "*/seed_*/*/iter_001/metrics.json") for p in Path(results).glob(g))
+    found = (p for g in ("*/*/iter_001/metrics.json", "*/seed_*/*/iter_001/metrics.json")
+             for p in Path(results).glob(g))
     for m in sorted(found):
         try:
             c = json.loads(m.read_text()).get("estep_check")

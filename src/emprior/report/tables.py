@@ -46,9 +46,8 @@ def seed_of(path: str) -> int | None:
     return None if seed is None else int(seed)
 
 
-def _over_seeds(recs: list[dict[str, Any]], get: Any) -> tuple[float | None, float | None, str]:
-    """(mean, 95 % half-width, each seed's value 'a; b; c') of ``get(rec)`` over one record per seed."""
-    values = [get(r) for r in recs]
+def _over_seeds(values: list[Any]) -> tuple[float | None, float | None, str]:
+    """(mean, 95 % half-width, each seed's value 'a; b; c') of one value per seed (None: not measured)."""
     finite = [float(v) for v in values if v is not None and np.isfinite(v)]
     if not finite:
         return None, None, "n/a"
@@ -107,9 +106,9 @@ def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFra
             "dataset": exp["dataset"]["name"], "deleted": deleted, "seeds": len(runs),
             "q0_iteration": q0s[0]["iteration"], "iterations": rec["iteration"]}
         for name in ("sinkhorn", "fd_digits", "is_digits", "fid", "is"):
-            mean, half, each = _over_seeds(finals, lambda r: r.get("quality", {}).get(name))
+            mean, half, each = _over_seeds([r.get("quality", {}).get(name) for r in finals])
             if name in SEED_METRICS:
-                q0, q0_half, _ = _over_seeds(q0s, lambda r: r.get("quality", {}).get(name))
+                q0, q0_half, _ = _over_seeds([r.get("quality", {}).get(name) for r in q0s])
                 row.update({f"q0_{name}": q0, f"q0_{name}_ci95": q0_half})
             row[name] = mean
             if name in SEED_METRICS:
@@ -122,7 +121,7 @@ def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFra
             "paper_source": match.source.iloc[0] if len(match) else None})
         for name in ("bias2", "spread"):
             check = [checks.get(key, {}).get(s) for s in runs]
-            row[f"estep_{name}_it1"] = _over_seeds([c for c in check if c], lambda c: c.get(name))[0]
+            row[f"estep_{name}_it1"] = _over_seeds([c.get(name) for c in check if c])[0]
         rows.append(row)
     for _, p in paper[paper.method != "DiEM"].iterrows():
         rows.append({"method": p.method, "variant": None, "covariance": None, "clean_data": None,
