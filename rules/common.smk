@@ -64,8 +64,6 @@ def cfg_global(wc=None):
     return _global_config()
 
 
-# Each job config is written once and its path reused: the paper DAG asks for it thousands of times
-# (params of every shard job), and building it (deep copies, a digest) dominated the dry run.
 def base(experiment):
     """The experiment of a branch name (``digits/seed_1`` -> ``digits``)."""
     return split_branch(experiment)[0]
@@ -76,6 +74,8 @@ def experiment_branches(experiment):
     return [b for b, _ in branches(config, experiment)]
 
 
+# Each job config is written once and its path reused: the paper DAG asks for it thousands of times
+# (params of every shard job), and building it (deep copies, a digest) dominated the dry run.
 @functools.lru_cache(maxsize=None)
 def _data_config(branch):
     experiment = base(branch)
