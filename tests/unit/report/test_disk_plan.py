@@ -26,11 +26,9 @@ def test_tiny_plan_matches_closed_form(repo):
     # y float32 + index int64 + pixel_mask's per-observation boolean mask
     assert _by(items, "digits", None, "data/observations.h5").raw == n * d * 4 + n * 8 + n * d * 1
     post = _by(items, "digits", "diem_sigma_t", "iter_k/posterior.h5")
-    assert (post.files, post.raw) == (2, n * (d * 4 + 8 + 4))  # 1 iteration x 2 seeds (digits' seeds)
-    assert _by(items, "digits", None, "data/clean.h5").files == 2
-    assert _by(items, "manifold", None, "data/clean.h5").files == 1
+    assert (post.files, post.raw) == (1, n * (d * 4 + 8 + 4))
     prior = _by(items, "digits", "diem_tweedie", "iter_k/prior_samples.h5")
-    assert (prior.files, prior.raw) == (4, 64 * d * 4)  # iterations 0 and 1 x 2 seeds, evaluate.n_samples 64
+    assert (prior.files, prior.raw) == (2, 64 * d * 4)  # iterations 0 and 1, evaluate.n_samples 64
     man = _by(items, "manifold", "diem_tweedie", "iter_k/posterior/shard_*.h5 (all shards)")
     assert (man.files, man.raw) == (2, 512 * (5 * 4 + 12))
     # model.pt: EMA + raw weights of the config's U-Net; a real checkpoint of them is that plus pickle overhead
@@ -52,11 +50,20 @@ def test_tiny_plan_matches_closed_form(repo):
                                                  "iterations": "final", "fid": True}
     items2 = plan(cfg2)
     shards = _by(items2, "digits", "diem_tweedie", "iter_k/prior_samples/shard_*.h5 (all shards)")
-    assert (shards.files, shards.raw) == (2, 64 * d * 4)  # final iteration x 2 seeds
+    assert (shards.files, shards.raw) == (1, 64 * d * 4)
     assert _by(items2, "digits", None, "data/fid_reference.h5").raw == 2048 * 4 + 2048**2 * 8
+    # several seeds: one of every file per seed's branch, sizes unchanged
+    seeds = plan({**cfg, "experiments": {**cfg["experiments"], "digits": {**cfg["experiments"]["digits"],
+                                                                          "seeds": [0, 1, 2]}}})
+    for exp, var, artifact in [("digits", None, "data/observations.h5"), ("digits", "diem_tweedie", "iter_k/model.pt"),
+                               ("digits", "diem_sigma_t", "iter_k/posterior.h5"),
+                               ("digits", "diem_tweedie", "iter_k/prior_samples.h5")]:
+        one, three = _by(items, exp, var, artifact), _by(seeds, exp, var, artifact)
+        assert (three.files, three.raw) == (3 * one.files, one.raw)
+    assert _by(seeds, "manifold", None, "data/clean.h5").files == 1
     total = sum(i.total_raw for i in items)
     text = format_plan(items, Storage())
-    assert "gzip level 4" in text and "TOTAL" in text and f"{total / 1e6:.2f} MB" in text.splitlines()[-1]
+    assert "gzip level 4" in text and "TOTAL" in text and f"{total / 1e3:.2f} kB" in text.splitlines()[-1]
 
 
 def test_disk_plan_command(repo, capsys):
