@@ -31,7 +31,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny")
-    out = snakemake(workdir, "-c", "2", "all")
+    out = snakemake(workdir, "-c", "2", "all", timeout=1800)  # two digits seeds; a loaded machine is slow
     if out.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in (workdir / "results" / "logs").rglob("*.log")
                          if "Error" in p.read_text() or "error" in p.read_text())
