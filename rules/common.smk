@@ -7,12 +7,15 @@ from pathlib import Path
 
 from emprior.config.loading import job_config
 from emprior.config.planning import plan_facts
+from emprior.config.seeds import BRANCH_SUFFIX, branch_seed, branches, coerce_seeds, seeded, split_branch
 from emprior.core.errors import ConfigError
 from emprior.core.provenance import config_digest
 from emprior.evaluation.selection import evaluated_iterations
 
 # The config validated and each variant's EM-method facts, kept per config and code version in
 # results/.config/plan-*.json (emprior.config.planning): a later parse imports no plug-in (no torch).
+if "seeds" in config:  # --config seeds=[0,1,2] gives strings
+    config["seeds"] = coerce_seeds(config["seeds"])
 try:
     PLAN = plan_facts(config, source="config")
 except ConfigError as exc:
@@ -24,8 +27,9 @@ PY = "python -m emprior"
 ENV = "../envs/emprior.yaml"
 
 
+# experiment: a branch name (emprior.config.seeds): the experiment, or <experiment>/seed_<s> for several seeds
 wildcard_constraints:
-    experiment="[a-z][a-z0-9_]*",
+    experiment="[a-z][a-z0-9_]*" + BRANCH_SUFFIX,
     variant="[a-z][a-z0-9_]*",
     k="[0-9]{3}",
     shard="[0-9]+",
@@ -60,12 +64,23 @@ def cfg_global(wc=None):
     return _global_config()
 
 
+def base(experiment):
+    """The experiment of a branch name (``digits/seed_1`` -> ``digits``)."""
+    return split_branch(experiment)[0]
+
+
+def experiment_branches(experiment):
+    """The branch names of an experiment, one per seed (the experiment itself for one seed)."""
+    return [b for b, _ in branches(config, experiment)]
+
+
 # Each job config is written once and its path reused: the paper DAG asks for it thousands of times
 # (params of every shard job), and building it (deep copies, a digest) dominated the dry run.
 @functools.lru_cache(maxsize=None)
-def _data_config(experiment):
+def _data_config(branch):
+    experiment = base(branch)
     exp = config["experiments"][experiment]
-    keep = {"seed": config["seed"], "results": R, "torch_threads": config.get("torch_threads", 1),
+    keep = {"seed": branch_seed(config, branch), "results": R, "torch_threads": config.get("torch_threads", 1),
             "experiments": {experiment: {"dataset": exp["dataset"], "observation": exp["observation"]}}}
     keep.update({k: config[k] for k in ("plugins", "device", "precision", "storage", "reproducibility")
                  if k in config})
@@ -73,11 +88,12 @@ def _data_config(experiment):
 
 
 @functools.lru_cache(maxsize=None)
-def _variant_config(experiment, variant, kind):
+def _variant_config(branch, variant, kind):
     # metrics (weight paths) never: the FID weights reach the metrics jobs through fid_reference.h5, so
     # providing them reruns no EM or sampling job
     drop = ("evaluate", "metrics") if kind == "em" else ("metrics",)
-    cfg = job_config(config, experiment, variant, drop=drop)
+    experiment = base(branch)
+    cfg = job_config(seeded(config, branch_seed(config, branch)), experiment, variant, drop=drop)
     if kind == "eval":
         # evaluate.iterations and evaluate.fid only pick which jobs (and inputs) exist: editing them must
         # not rerun the others
@@ -92,21 +108,21 @@ def _global_config():
 
 
 def exp_cfg(wc):
-    return config["experiments"][wc.experiment]
+    return config["experiments"][base(wc.experiment)]
 
 
 def n_iterations(experiment):
-    return config["experiments"][experiment]["iterations"]
+    return config["experiments"][base(experiment)]["iterations"]
 
 
 def n_shards(experiment):
-    return config["experiments"][experiment]["estep"]["shards"]
+    return config["experiments"][base(experiment)]["estep"]["shards"]
 
 
 def method(experiment, variant):
     """The variant's EM method's facts (emprior.config.planning.MethodFacts): its stages decide which
     jobs exist."""
-    return PLAN.method(experiment, variant)
+    return PLAN.method(base(experiment), variant)
 
 
 def has_stage(experiment, variant, stage):
@@ -123,7 +139,7 @@ def itdir(experiment, variant, k):
 
 
 def variants_of(experiment):
-    return list(config["experiments"][experiment]["variants"])
+    return list(config["experiments"][base(experiment)]["variants"])
 
 
 def final_metrics(experiment):
@@ -136,11 +152,11 @@ def first_metrics(experiment):
 
 def evaluated(experiment, variant):
     """The variant's iterations with prior samples and metrics.json (evaluate.iterations)."""
-    return evaluated_iterations(config["experiments"][experiment], first_iteration(experiment, variant))
+    return evaluated_iterations(config["experiments"][base(experiment)], first_iteration(experiment, variant))
 
 
 def n_prior_shards(experiment):
-    return config["experiments"][experiment]["evaluate"].get("shards", 1)
+    return config["experiments"][base(experiment)]["evaluate"].get("shards", 1)
 
 
 def all_iteration_metrics(experiment):
@@ -185,7 +201,7 @@ def all_targets():
     # (and, being newer, rerun everything downstream of it) so that the audit trail stays complete;
     # `python -m emprior repair` turns a modified file into a missing one (README, "When a job dies").
     targets = []
-    for name in config["experiments"]:
+    for name in (b for e in config["experiments"] for b in experiment_branches(e)):
         targets += all_kept_artifacts(name)
         targets += all_iteration_metrics(name)
         targets += all_posterior_shards(name)

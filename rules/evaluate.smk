@@ -3,7 +3,7 @@
 # scatter/gather like the E-step's: prior_samples_shard -> gather_prior_samples.
 
 def fid_on(experiment):
-    return bool(config["experiments"][experiment]["evaluate"].get("fid", False))
+    return bool(config["experiments"][base(experiment)]["evaluate"].get("fid", False))
 
 
 def inception_weights(wc=None):
@@ -46,7 +46,8 @@ def experiments_where(sharded):
     """Regex of the experiments whose prior samples are (not) sharded: rule prior_samples makes
     prior_samples.h5 for evaluate.shards = 1, gather_prior_samples for more (never both)."""
     names = [e for e in config["experiments"] if (n_prior_shards(e) > 1) == sharded]
-    return "|".join(names) if names else "(?!)"  # (?!): matches nothing
+    # each name with its seed branches (<experiment>/seed_<s>)
+    return f"(?:{'|'.join(names)}){BRANCH_SUFFIX}" if names else "(?!)"  # (?!): matches nothing
 
 
 rule fid_reference:

@@ -5,7 +5,7 @@ localrules: table1, figures, fig3, fig4, posterior_figure
 
 
 def is_image_experiment(name):
-    return config["experiments"][name]["dataset"]["name"] != "manifold"
+    return config["experiments"][base(name)]["dataset"]["name"] != "manifold"
 
 
 def figure_option(key):
@@ -24,27 +24,35 @@ def report_targets():
         targets += [f"{R}/fig2/sinkhorn.csv", f"{R}/figures/fig2_sinkhorn.png"]
     for name, exp in config["experiments"].items():
         if exp["dataset"]["name"] == "manifold":
-            targets.append(f"{R}/figures/fig3_{name}.png")
+            targets += [f"{R}/figures/fig3_{b}.png" for b in experiment_branches(name)]
     if "sampler_benchmark" in config:
         targets += [f"{R}/tables/sampler_accuracy.{ext}" for ext in ("csv", "md")]
     if "cost_benchmark" in config:
         targets += [f"{R}/tables/table5.{ext}" for ext in ("csv", "md")]
     if "table1" in config.get("tables", {}):
         targets += [f"{R}/tables/table1.{ext}" for ext in ("csv", "md", "tex")]
-        for name in config["tables"]["table1"]["experiments"]:
-            targets.append(f"{R}/figures/fig4_{name}.png")
-            if is_image_experiment(name):
-                targets += [f"{R}/figures/fig5_{name}.png", f"{R}/figures/fig5_{name}.h5"]
-                if estep_variants(name):
-                    targets.append(f"{R}/figures/posterior_{name}.png")
+        for exp_name in config["tables"]["table1"]["experiments"]:
+            targets.append(f"{R}/figures/fig4_{exp_name}.png")  # over every seed (its band)
+            for name in experiment_branches(exp_name):  # one of each per seed
+                if is_image_experiment(name):
+                    targets += [f"{R}/figures/fig5_{name}.png", f"{R}/figures/fig5_{name}.h5"]
+                    if estep_variants(name):
+                        targets.append(f"{R}/figures/posterior_{name}.png")
     return targets
+
+
+def q0_metrics(experiment):
+    """metrics.json of each variant's first evaluated iteration (iteration 0 where the method has q_0)."""
+    return [f"{itdir(experiment, v, evaluated(experiment, v)[0])}/metrics.json" for v in variants_of(experiment)]
 
 
 rule table1:
     input:
-        # final iterations, plus iteration 1 for its E-step check against the exact posterior
+        # of every seed's branch: final iterations, iteration 1 for its E-step check against the exact
+        # posterior, and the first evaluated iteration (q_0) beside the final one
         lambda wc: list(dict.fromkeys(m for e in config["tables"]["table1"]["experiments"]
-                                      for m in final_metrics(e) + first_metrics(e))),
+                                      for b in experiment_branches(e)
+                                      for m in final_metrics(b) + first_metrics(b) + q0_metrics(b))),
     output:
         csv=f"{R}/tables/table1.csv",
         md=f"{R}/tables/table1.md",
@@ -96,7 +104,8 @@ rule fig3:
 
 rule fig4:
     input:
-        lambda wc: all_iteration_metrics(wc.experiment),
+        # every seed's branch: the figure draws the mean and the band over seeds
+        lambda wc: [m for b in experiment_branches(wc.experiment) for m in all_iteration_metrics(b)],
     output:
         f"{R}/figures/fig4_{{experiment}}.png",
     params:

@@ -2,7 +2,9 @@
 
 One run (module-scoped fixture, ~1-3 min on 2 cores) is checked for: every iteration's artifacts with
 provenance and checksums, a second `snakemake -n` with nothing to do, the audit table, and that deleting
-one shard recomputes only that shard and what depends on it."""
+one shard recomputes only that shard and what depends on it. Digits runs two seeds (the overlay
+config/tiny_seeds.yaml): both branches are written, Table 1 and Fig. 4 are over seeds, and the seed-1
+branch's jobs are those of the whole config run with ``seed: 1``."""
 
 import json
 import re
@@ -11,11 +13,13 @@ import sys
 from pathlib import Path
 
 import h5py
+import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile",
-         str(REPO / "config" / "tiny.yaml")]
+         str(REPO / "config" / "tiny.yaml"), str(REPO / "config" / "tiny_seeds.yaml")]
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +31,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny")
-    out = snakemake(workdir, "-c", "2", "all")
+    out = snakemake(workdir, "-c", "2", "all", timeout=1800)  # two digits seeds; a loaded machine is slow
     if out.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in (workdir / "results" / "logs").rglob("*.log")
                          if "Error" in p.read_text() or "error" in p.read_text())
@@ -37,7 +41,9 @@ def run_dir(tmp_path_factory):
 
 def test_every_iteration_has_its_artifacts(run_dir):
     results = run_dir / "results"
-    for exp, variants, iters in [("manifold", ["diem_tweedie"], 2), ("digits", ["diem_tweedie", "diem_sigma_t"], 1)]:
+    digits = ["diem_tweedie", "diem_sigma_t"]
+    for exp, variants, iters in [("manifold", ["diem_tweedie"], 2), ("digits/seed_0", digits, 1),
+                                 ("digits/seed_1", digits, 1)]:
         for var in variants:
             for k in range(iters + 1):
                 d = results / exp / var / f"iter_{k:03d}"
@@ -49,7 +55,7 @@ def test_every_iteration_has_its_artifacts(run_dir):
                     assert side["provenance"]["config_digest"] and side["provenance"]["versions"]["torch"]
                 m = json.loads((d / "metrics.json").read_text())
                 assert m["iteration"] == k and m["quality"]["sinkhorn"] is not None
-                if exp == "digits":  # FID/IS stand-ins in digits-classifier features
+                if exp.startswith("digits"):  # FID/IS stand-ins in digits-classifier features
                     assert m["quality"]["fd_digits"] >= 0 and 1 <= m["quality"]["is_digits"] <= 10
                 if k == 1:  # the first E-step against the exact posterior under the Gaussian q_0
                     c = m["estep_check"]
@@ -62,11 +68,52 @@ def test_every_iteration_has_its_artifacts(run_dir):
                     assert len(m["estep"]["shards"]) == 2
                     assert m["mstep"]["loss"]["last"] > 0
     for name in ["tables/table1.csv", "tables/table1.md", "tables/table1.tex", "fig2/sinkhorn.csv",
-                 "figures/fig2_sinkhorn.png", "figures/fig3_manifold.png", "figures/digits_metrics.png",
-                 # Table 1's experiment (digits): Figs. 4, 5 and the posterior samples along iterations
-                 "figures/fig4_digits.png", "figures/fig5_digits.png", "figures/fig5_digits.h5",
-                 "figures/posterior_digits.png"]:
+                 "figures/fig2_sinkhorn.png", "figures/fig3_manifold.png", "figures/digits/seed_0_metrics.png",
+                 # Table 1's experiment (digits): Fig. 4 over seeds; Fig. 5 and the posterior samples along
+                 # iterations per seed
+                 "figures/fig4_digits.png", "figures/fig5_digits/seed_1.png", "figures/fig5_digits/seed_1.h5",
+                 "figures/posterior_digits/seed_0.png"]:
         assert (results / name).stat().st_size > 0, name
+
+
+def test_table1_is_over_both_seeds_with_q0_beside_the_final_score(run_dir):
+    results = run_dir / "results"
+    table = pd.read_csv(results / "tables" / "table1.csv")
+    ours = table[table.variant.notna()].set_index("variant")
+    assert list(ours.index) == ["diem_tweedie", "diem_sigma_t"] and (ours.seeds == 2).all()
+    for v in ours.index:
+        final = [json.loads((results / "digits" / f"seed_{s}" / v / "iter_001" / "metrics.json").read_text())
+                 for s in (0, 1)]
+        q0 = [json.loads((results / "digits" / f"seed_{s}" / v / "iter_000" / "metrics.json").read_text())
+              for s in (0, 1)]
+        a, b = (m["quality"]["sinkhorn"] for m in final)
+        assert a != b  # two seeds, two runs
+        assert ours.loc[v].sinkhorn == pytest.approx((a + b) / 2)
+        assert ours.loc[v].sinkhorn_ci95 == pytest.approx(12.706204736 * abs(a - b) / 2, rel=1e-6)
+        assert ours.loc[v].q0_iteration == 0 and ours.loc[v].iterations == 1
+        assert ours.loc[v].q0_sinkhorn == pytest.approx(sum(m["quality"]["sinkhorn"] for m in q0) / 2)
+        assert ours.loc[v].q0_fd_digits_ci95 > 0 and len(ours.loc[v].fd_digits_per_seed.split("; ")) == 2
+    assert "Student-t" in (results / "tables" / "table1.md").read_text()
+
+
+def test_the_seed_1_branch_is_the_whole_config_run_with_seed_1(run_dir, tmp_path):
+    cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())  # without the seeds overlay
+    cfg["seed"] = 1
+    (tmp_path / "seed1.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile",
+                          str(tmp_path / "seed1.yaml"), "-d", str(tmp_path), "-n", "-p", "all"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # each digits job planned there: the digest of the job config it is given, and its output
+    text = out.stdout + out.stderr
+    planned = re.findall(r"--config results/\.config/([0-9a-f]{16})\.json[^\n]*?--out (results/digits/\S+)", text)
+    assert len(planned) >= 10, text[-3000:]
+    for digest, path in planned:
+        branch = run_dir / path.replace("results/digits/", "results/digits/seed_1/", 1)
+        side = json.loads(Path(f"{branch}.prov.json").read_text())
+        assert side["provenance"]["config_digest"][:16] == digest, path  # the same job config
+        if not path.endswith("/data/clean.h5"):  # the dataset rule records its own stream's derived seed
+            assert side["provenance"]["seed"] == 1, path
 
 
 def test_nothing_to_do_after_a_finished_run(run_dir):
@@ -78,13 +125,13 @@ def test_nothing_to_do_after_a_finished_run(run_dir):
 def test_audit_prints_one_row_per_iteration(run_dir):
     out = subprocess.run([sys.executable, "-m", "emprior", "audit", str(run_dir / "results")],
                          capture_output=True, text=True, timeout=120)
-    rows = [l for l in out.stdout.splitlines() if re.match(r"\s*(manifold|digits)\s", l)]
-    assert len(rows) == 3 + 2 * 2 + 3, out.stdout  # + one E-step check row per variant
+    rows = [l for l in out.stdout.splitlines() if re.match(r"\s*(manifold|digits/seed_[01])\s", l)]
+    assert len(rows) == 3 + 2 * 2 * 2 + 5, out.stdout  # + one E-step check row per variant and seed
     assert "iterations" in out.stdout and "exact posterior under q_0" in out.stdout
 
 
 def test_deleting_a_shard_recomputes_only_its_descendants(run_dir):
-    shard = run_dir / "results" / "digits" / "diem_tweedie" / "iter_001" / "posterior" / "shard_1.h5"
+    shard = run_dir / "results" / "digits" / "seed_1" / "diem_tweedie" / "iter_001" / "posterior" / "shard_1.h5"
     before = h5py.File(shard, "r")["x"][()]
     shard.unlink()
     out = snakemake(run_dir, "-n", "all")

@@ -130,6 +130,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     from jsonschema.exceptions import best_match
 
     from emprior.config.plugins import load_plugins
+    from emprior.config.seeds import check_seeds
     from emprior.evaluation.selection import check_iterations
 
     if isinstance(config, dict) and isinstance(config.get("plugins"), list):
@@ -174,6 +175,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
         if name not in config.get("experiments", {}):
             raise ConfigError(f"{source}: tables.table1.experiments: {name!r} is not one of the "
                               f"experiments ({', '.join(config['experiments'])})")
+    check_seeds(config, source)
     return config
 
 

@@ -58,12 +58,13 @@ def _has_estep(it_dir: Path) -> bool:
 def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_limit: float = 0.01) -> pd.DataFrame:
     results = Path(results)
     rows = []
-    it_dirs = sorted(p for p in results.glob("*/*/iter_*") if ITER.search(p.name))
+    # <experiment>/<variant>/iter_k, or <experiment>/seed_<s>/<variant>/iter_k (several seeds)
+    it_dirs = sorted(p for g in ("*/*/iter_*", "*/seed_*/*/iter_*") for p in results.glob(g) if ITER.search(p.name))
     last = {}
     for it_dir in it_dirs:
         last[it_dir.parent] = max(last.get(it_dir.parent, 0), int(ITER.search(it_dir.name).group(1)))
     for it_dir in it_dirs:
-        experiment, variant = it_dir.parent.parent.name, it_dir.parent.name
+        experiment, variant = it_dir.parent.parent.relative_to(results).as_posix(), it_dir.parent.name
         k = int(ITER.search(it_dir.name).group(1))
         flags: list[str] = []
         lossy: dict[str, str] = {}
@@ -143,13 +144,16 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
 def estep_checks(results: str | Path) -> pd.DataFrame:
     """One row per variant from iter_001/metrics.json's ``estep_check`` (emprior.evaluation.estep_check)."""
     rows = []
-    for m in sorted(Path(results).glob("*/*/iter_001/metrics.json")):
+    found = (p for g in ("*/*/iter_001/metrics.json", "*/seed_*/*/iter_001/metrics.json")
+             for p in Path(results).glob(g))
+    for m in sorted(found):
         try:
             c = json.loads(m.read_text()).get("estep_check")
         except json.JSONDecodeError:
             continue
         if c:
-            rows.append({"experiment": m.parent.parent.parent.name, "variant": m.parent.parent.name,
+            rows.append({"experiment": m.parent.parent.parent.relative_to(results).as_posix(),
+                         "variant": m.parent.parent.name,
                          "spread": c.get("spread"), "spread_se": c.get("spread_se"), "bias2": c.get("bias2"),
                          "bias2_se": c.get("bias2_se"), "observations": c.get("observations"),
                          "repeats": c.get("repeats")})

@@ -135,7 +135,12 @@ def run(args: argparse.Namespace) -> int:
     log.info("%s %s", args.command, " ".join(f"{k}={v}" for k, v in vars(args).items() if k != "command"))
     from emprior.core.job import Job
 
-    job = Job(config, **{i: getattr(args, i) for i in cmd.ids})
+    ids = {i: getattr(args, i) for i in cmd.ids}
+    if "experiment" in ids:  # a seed's branch <experiment>/seed_<s>: its job config carries seed s
+        from emprior.config.seeds import split_branch
+
+        ids["experiment"] = split_branch(ids["experiment"])[0]
+    job = Job(config, **ids)
     params = list(inspect.signature(cmd.func).parameters)[1:]
     cmd.func(job, **{p: getattr(args, p) for p in params})
     return 0

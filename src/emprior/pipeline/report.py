@@ -36,7 +36,11 @@ def table1(job: Job, out_csv: str, out_md: str, out_tex: str, metrics: list[str]
                         "prior). Sinkhorn = debiased Sinkhorn divergence to the clean data (lower is better). "
                         "paper_* = the published number of that method at that setting, where there is one. "
                         "estep_bias2_it1 / estep_spread_it1: iteration 1's E-step against the exact "
-                        "posterior under the Gaussian q_0 (an exact sampler: 0 / 1).")
+                        "posterior under the Gaussian q_0 (an exact sampler: 0 / 1). q0_* = the first evaluated "
+                        "iteration (q0_iteration: 0 where the method has an initial prior), beside the final one. "
+                        "seeds = runs per row (config seeds): a number is the mean over seeds, *_ci95 the "
+                        "half-width of its two-sided 95 % Student-t interval (t_{0.975,n-1} s/sqrt(n); empty for "
+                        "one seed), *_per_seed each seed's value.")
 
 
 def _budget(name: str, exp: dict) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from emprior.config.seeds import seeds_of
 from emprior.core.storage import Storage, storage_of
 
 F32, I64 = 4, 8
@@ -96,16 +97,17 @@ def plan(config: dict[str, Any]) -> list[Item]:
     s = SAMPLE_DTYPE_BYTES[storage.dtype]
     items: list[Item] = []
     for name, exp in config["experiments"].items():
+        runs = len(seeds_of(config, name))  # one branch of every file per seed (emprior.config.seeds)
         n, *x = dataset_shape(exp["dataset"], int(config["seed"]))
         x_shape = tuple(x)
         d = int(np.prod(x_shape))
-        items.append(Item(name, None, "data/clean.h5", 1, n * d * F32, n * d * F32))
+        items.append(Item(name, None, "data/clean.h5", runs, n * d * F32, n * d * F32))
         y_bytes, op_bytes = _operator_bytes(exp["observation"], n, x_shape, int(config["seed"]))
         obs = n * (y_bytes + I64) + op_bytes
-        items.append(Item(name, None, "data/observations.h5", 1, obs, obs))
+        items.append(Item(name, None, "data/observations.h5", runs, obs, obs))
         if exp["evaluate"].get("fid"):
             fid = FID_FEATURES * F32 + FID_FEATURES**2 * I64
-            items.append(Item(name, None, "data/fid_reference.h5", 1, fid, fid))
+            items.append(Item(name, None, "data/fid_reference.h5", runs, fid, fid))
         n_eval = int(exp["evaluate"]["n_samples"])
         iterations = int(exp["iterations"])
         for vname, var in exp["variants"].items():
@@ -120,15 +122,16 @@ def plan(config: dict[str, Any]) -> list[Item]:
                 raw = sum(r * (d * F32 + I64 + F32) for r in rows)
                 stored = sum(r * (d * s + I64 + F32) for r in rows)
                 for artifact in ("iter_k/posterior.h5", "iter_k/posterior/shard_*.h5 (all shards)"):
-                    items.append(Item(name, vname, artifact, iterations, raw // iterations, stored // iterations))
+                    items.append(Item(name, vname, artifact, iterations * runs, raw // iterations,
+                                      stored // iterations))
             n_evaluated = len(evaluated_iterations(exp, first))
             prior = ["iter_k/prior_samples.h5"]
             if exp["evaluate"].get("shards", 1) > 1:
                 prior.append("iter_k/prior_samples/shard_*.h5 (all shards)")
             for artifact in prior:
-                items.append(Item(name, vname, artifact, n_evaluated, n_eval * d * F32, n_eval * d * s))
+                items.append(Item(name, vname, artifact, n_evaluated * runs, n_eval * d * F32, n_eval * d * s))
             model = _model_bytes(method, x_shape, exp["observation"], int(config["seed"]))
-            items.append(Item(name, vname, "iter_k/model.pt", iterations, model, model))
+            items.append(Item(name, vname, "iter_k/model.pt", iterations * runs, model, model))
     return items
 
 

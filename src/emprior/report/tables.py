@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emprior.core.artifacts import save_figure, save_text
+from emprior.core.artifacts import save_figure, save_text, verify
 from emprior.evaluation.iteration import read_metrics
+from emprior.report.intervals import t_interval
 from emprior.report.markdown import pipe_table
 
 COVARIANCE_LABEL = {"tweedie": "tweedie", "inv": "(I+Sigma_t^-1)^-1", "sigma_t": "Sigma_t",
@@ -35,49 +36,93 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+# the quality metrics shown with their interval over seeds, each seed's value and q_0's value
+SEED_METRICS = ("sinkhorn", "fd_digits", "fid")
+
+
+def seed_of(path: str) -> int | None:
+    """The seed a metrics.json was computed with (its provenance), None if not recorded."""
+    seed = verify(path).get("provenance", {}).get("seed")
+    return None if seed is None else int(seed)
+
+
+def _over_seeds(values: list[Any]) -> tuple[float | None, float | None, str]:
+    """(mean, 95 % half-width, each seed's value 'a; b; c') of one value per seed (None: not measured)."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return None, None, "n/a"
+    mean, half = t_interval(finite)
+    return mean, (half if np.isfinite(half) else None), "; ".join(_fmt(v) for v in values)
+
+
 def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFrame:
     """Final-iteration sample quality per variant (one row per EM method and variant), next to the
     published number for that method and setting where its paper has one (diem-arxiv Table 1; the
-    peers' own papers), with the clean examples each method saw and the iteration-1 E-step check
-    (``estep_check``: spread, bias2 vs the exact posterior) where an iteration-1 metrics.json is among
-    ``metrics_paths``; then the published rows of methods at settings not run here."""
+    peers' own papers), with the clean examples each method saw, q_0's score (the first iteration among
+    ``metrics_paths``: iteration 0 for a method with an initial prior) beside the final one, and the
+    iteration-1 E-step check (``estep_check``: spread, bias2 vs the exact posterior) where an
+    iteration-1 metrics.json is among ``metrics_paths``; then the published rows of methods at settings
+    not run here.
+
+    Several seeds (``seeds``, :mod:`emprior.config.seeds`; a record's seed is its provenance's): a
+    number is the mean over seeds, ``<metric>_ci95`` the half-width of its 95 % Student-t interval
+    (:func:`emprior.report.intervals.t_interval`; empty for one seed) and ``<metric>_per_seed`` each
+    seed's value, seeds in increasing order. One seed gives the numbers of that seed's run."""
     from emprior.methods import make_method
 
     records = read_metrics(metrics_paths)
+    seeds = [seed_of(p) for p in metrics_paths]
     paper = pd.concat([paper_table("table1"), paper_table("table1_peers")], ignore_index=True)
-    final: dict[tuple[str, str], dict[str, Any]] = {}
-    checks: dict[tuple[str, str], dict[str, Any]] = {}
-    for rec in records:
+    final: dict[tuple[str, str], dict[Any, dict[str, Any]]] = {}
+    first: dict[tuple[str, str], dict[Any, dict[str, Any]]] = {}
+    checks: dict[tuple[str, str], dict[Any, dict[str, Any]]] = {}
+    for rec, seed in zip(records, seeds):
         key = (rec["experiment"], rec["variant"])
         if rec.get("estep_check"):
-            checks[key] = rec["estep_check"]
-        if key not in final or rec["iteration"] > final[key]["iteration"]:
-            final[key] = rec
+            checks.setdefault(key, {})[seed] = rec["estep_check"]
+        last, head = final.setdefault(key, {}), first.setdefault(key, {})
+        if seed not in last or rec["iteration"] > last[seed]["iteration"]:
+            last[seed] = rec
+        if seed not in head or rec["iteration"] < head[seed]["iteration"]:
+            head[seed] = rec
     rows = []
-    for key, rec in final.items():
+    for key, by_seed in final.items():
+        runs = sorted(by_seed, key=lambda s: -1 if s is None else s)
+        finals = [by_seed[s] for s in runs]
+        q0s = [first[key][s] for s in runs]
+        rec = finals[0]
         exp = config["experiments"][rec["experiment"]]
         method = make_method(exp["variants"][rec["variant"]], exp)
         deleted = exp["observation"].get("options", {}).get("deleted")
         cov = COVARIANCE_LABEL.get(method.table_covariance(), method.table_covariance())
-        q = rec.get("quality", {})
         match = paper[(paper.method == method.label)]
         match = match[match.covariance == cov] if cov is not None else match[match.covariance.isna()]
         if deleted is not None:
             close = match[np.isclose(match.deleted, deleted)]
             # DiEM's own paper covers every setting of its ablation; a peer's number only where it matches
             match = close if len(close) or method.label != "DiEM" else match
-        rows.append({
+        row: dict[str, Any] = {
             "method": method.label, "variant": rec["variant"], "covariance": cov, "clean_data": method.clean_data(),
-            "dataset": exp["dataset"]["name"], "deleted": deleted,
-            "iterations": rec["iteration"], "sinkhorn": q.get("sinkhorn"),
-            "fd_digits": q.get("fd_digits"), "is_digits": q.get("is_digits"),
-            "fid": q.get("fid"), "is": q.get("is"), "fid_status": q.get("fid_status", "n/a: not an image set"),
+            "dataset": exp["dataset"]["name"], "deleted": deleted, "seeds": len(runs),
+            "q0_iteration": q0s[0]["iteration"], "iterations": rec["iteration"]}
+        for name in ("sinkhorn", "fd_digits", "is_digits", "fid", "is"):
+            mean, half, each = _over_seeds([r.get("quality", {}).get(name) for r in finals])
+            if name in SEED_METRICS:
+                q0, q0_half, _ = _over_seeds([r.get("quality", {}).get(name) for r in q0s])
+                row.update({f"q0_{name}": q0, f"q0_{name}_ci95": q0_half})
+            row[name] = mean
+            if name in SEED_METRICS:
+                row.update({f"{name}_ci95": half, f"{name}_per_seed": each})
+        row["fid_status"] = rec.get("quality", {}).get("fid_status", "n/a: not an image set")
+        row.update({
             "paper_fid": float(match.fid.iloc[0]) if len(match) else None,
             "paper_is": float(match["is"].iloc[0]) if len(match) and pd.notna(match["is"].iloc[0]) else None,
             "paper_deleted": float(match.deleted.iloc[0]) if len(match) else None,
-            "paper_source": match.source.iloc[0] if len(match) else None,
-            "estep_bias2_it1": checks.get(key, {}).get("bias2"), "estep_spread_it1": checks.get(key, {}).get("spread"),
-        })
+            "paper_source": match.source.iloc[0] if len(match) else None})
+        for name in ("bias2", "spread"):
+            check = [checks.get(key, {}).get(s) for s in runs]
+            row[f"estep_{name}_it1"] = _over_seeds([c.get(name) for c in check if c])[0]
+        rows.append(row)
     for _, p in paper[paper.method != "DiEM"].iterrows():
         rows.append({"method": p.method, "variant": None, "covariance": None, "clean_data": None,
                      "dataset": "cifar10 (paper only)", "deleted": None, "iterations": None, "sinkhorn": None,
@@ -85,7 +130,8 @@ def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFra
                      "fid_status": "published; not run at this setting", "paper_fid": p.fid,
                      "paper_is": p["is"] if pd.notna(p["is"]) else None, "paper_deleted": p.deleted,
                      "paper_source": p.source, "estep_bias2_it1": None, "estep_spread_it1": None})
-    return pd.DataFrame(rows)
+    columns = list(dict.fromkeys(c for r in rows for c in r))  # the measured rows' order; paper rows: empty
+    return pd.DataFrame(rows, columns=columns)
 
 
 def write_table(df: pd.DataFrame, out_csv: str, out_md: str, out_tex: str, provenance: dict[str, Any],
@@ -107,7 +153,9 @@ def metric_curves(config: dict[str, Any], experiment: str, metrics_paths: list[s
     """Sample quality (Sinkhorn, FID when available) and E-step consistency along EM iterations.
 
     ``quality_only``: the paper's Fig. 4, one panel with the quality metric only (the first of FID,
-    fd_digits, Sinkhorn that the records have), one line per variant labelled with its method."""
+    fd_digits, Sinkhorn that the records have), one line per variant labelled with its method; with
+    records of several seeds (their provenance's seed) the line is the mean over seeds and the band its
+    95 % Student-t interval (:func:`emprior.report.intervals.t_interval`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,8 +164,8 @@ def metric_curves(config: dict[str, Any], experiment: str, metrics_paths: list[s
 
     records = read_metrics(metrics_paths)
     rows = []
-    for r in records:
-        rows.append({"variant": r["variant"], "iteration": r["iteration"],
+    for r, path in zip(records, metrics_paths):
+        rows.append({"variant": r["variant"], "iteration": r["iteration"], "seed": seed_of(path),
                      "sinkhorn": r.get("quality", {}).get("sinkhorn"),
                      "fid": r.get("quality", {}).get("fid"),
                      "fd_digits": r.get("quality", {}).get("fd_digits"),
@@ -145,7 +193,17 @@ def metric_curves(config: dict[str, Any], experiment: str, metrics_paths: list[s
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0, 4.0) if quality_only else (4.5 * len(panels), 3.6))
     for ax, (col, title) in zip(np.atleast_1d(axes), panels):
         sub = df.dropna(subset=[col])
-        if len(sub):
+        if len(sub) and quality_only:
+            labels = list(dict.fromkeys(sub[hue]))
+            palette = dict(zip(labels, sns.color_palette(n_colors=len(labels))))
+            sns.lineplot(data=sub, x="iteration", y=col, hue=hue, marker="o", ax=ax, errorbar=None,
+                         estimator="mean", palette=palette)
+            for label in labels:
+                band = [(k, *t_interval(g[col].tolist())) for k, g in sub[sub[hue] == label].groupby("iteration")]
+                k, mean, half = (np.asarray(c, dtype=np.float64) for c in zip(*band))
+                if np.isfinite(half).any():  # several seeds
+                    ax.fill_between(k, mean - half, mean + half, color=palette[label], alpha=0.2, linewidth=0)
+        elif len(sub):
             sns.lineplot(data=sub, x="iteration", y=col, hue=hue, marker="o", ax=ax)
             if (sub[col] > 0).all():
                 ax.set_yscale("log")
@@ -158,7 +216,9 @@ def metric_curves(config: dict[str, Any], experiment: str, metrics_paths: list[s
             ax.set_ylabel(title)
             if ax.get_legend() is not None:
                 ax.legend(title=None, fontsize=8)
-    fig.suptitle(f"Fig. 4, {experiment}: sample quality of q_k along EM iterations" if quality_only
+    n_seeds = df["seed"].nunique(dropna=False)
+    over = f"\n(mean and 95 % t-interval over {n_seeds} seeds)" if n_seeds > 1 else ""
+    fig.suptitle(f"Fig. 4, {experiment}: sample quality of q_k along EM iterations{over}" if quality_only
                  else f"{experiment}: EM iterations")
     fig.tight_layout()
     save_figure(out, fig, provenance)

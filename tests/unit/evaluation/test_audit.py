@@ -9,8 +9,8 @@ from emprior.core.artifacts import save_h5, save_json, save_torch
 from emprior.evaluation.audit import audit, audit_rows
 
 
-def _iteration(root, k, estep=None, quality=None, shards=2, keep_shards=2, check=None):
-    d = root / "exp" / "var" / f"iter_{k:03d}"
+def _iteration(root, k, estep=None, quality=None, shards=2, keep_shards=2, check=None, experiment="exp"):
+    d = root / experiment / "var" / f"iter_{k:03d}"
     save_torch(d / "model.pt", {"kind": "denoiser", "w": torch.ones(2)})
     save_h5(d / "prior_samples.h5", {"x": np.zeros((4, 2))})
     rec = {"iteration": k, "quality": quality or {"sinkhorn": 0.5}}
@@ -131,3 +131,15 @@ def test_every_sidecar_artifact_is_checked_and_repair_removes_the_damaged(tmp_pa
 def test_unreadable_folder_is_exit_2(tmp_path):
     assert audit(tmp_path / "nope")[1] == 2
     assert audit(tmp_path)[1] == 2
+
+
+def test_each_seed_branch_has_its_rows(tmp_path):
+    # several seeds: <results>/<experiment>/seed_<s>/<variant>/iter_k (emprior.config.seeds)
+    for seed in (0, 1):
+        for k in (0, 1):
+            _iteration(tmp_path, k, experiment=f"exp/seed_{seed}")
+    rows = audit_rows(tmp_path)
+    assert sorted(zip(rows.experiment, rows.iteration)) == [("exp/seed_0", 0), ("exp/seed_0", 1),
+                                                            ("exp/seed_1", 0), ("exp/seed_1", 1)]
+    text, status = audit(tmp_path)
+    assert status == 0 and "4 iterations, 0 flagged" in text

@@ -52,6 +52,15 @@ def test_tiny_plan_matches_closed_form(repo):
     shards = _by(items2, "digits", "diem_tweedie", "iter_k/prior_samples/shard_*.h5 (all shards)")
     assert (shards.files, shards.raw) == (1, 64 * d * 4)
     assert _by(items2, "digits", None, "data/fid_reference.h5").raw == 2048 * 4 + 2048**2 * 8
+    # several seeds: one of every file per seed's branch, sizes unchanged
+    seeds = plan({**cfg, "experiments": {**cfg["experiments"], "digits": {**cfg["experiments"]["digits"],
+                                                                          "seeds": [0, 1, 2]}}})
+    for exp, var, artifact in [("digits", None, "data/observations.h5"), ("digits", "diem_tweedie", "iter_k/model.pt"),
+                               ("digits", "diem_sigma_t", "iter_k/posterior.h5"),
+                               ("digits", "diem_tweedie", "iter_k/prior_samples.h5")]:
+        one, three = _by(items, exp, var, artifact), _by(seeds, exp, var, artifact)
+        assert (three.files, three.raw) == (3 * one.files, one.raw)
+    assert _by(seeds, "manifold", None, "data/clean.h5").files == 1
     total = sum(i.total_raw for i in items)
     text = format_plan(items, Storage())
     assert "gzip level 4" in text and "TOTAL" in text and f"{total / 1e3:.2f} kB" in text.splitlines()[-1]
