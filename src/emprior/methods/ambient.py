@@ -303,13 +303,22 @@ class Ambient(EMMethod):
         if result["ema"] is not None:
             result["ema"].copy_to(net)
         obs_cfg = exp["observation"]
-        ckpt = {"kind": "ambient", "x_shape": list(x_shape), "net": net_cfg, "schedule": dict(exp["schedule"]),
+        ckpt = {"kind": "ambient", "method": "ambient", "x_shape": list(x_shape), "net": net_cfg, "schedule": dict(exp["schedule"]),
                 "cond_channels": cond_channels,
                 "corruption": {"operator": obs_cfg["operator"], "options": dict(obs_cfg.get("options") or {}),
                                "delta": float(self.options.delta)},
                 "weights": cpu_state(net.state_dict()), "raw_weights": cpu_state(raw),
                 "train": {"loss": result["loss"], "steps": result["steps"], "dropped": 0, "n_data": len(y)}}
         return ckpt, {"seconds": result["seconds"], "resumed_from": result["resumed_from"]}
+
+    @classmethod
+    def build_networks(cls, ckpt: dict[str, Any], where: str) -> torch.nn.Module:
+        """The :class:`AmbientDenoiser` of an ambient model.pt (asked by the checkpoint loader)."""
+        try:
+            return build_ambient_denoiser(dict(ckpt["net"]), tuple(int(k) for k in ckpt["x_shape"]),
+                                          int(ckpt["cond_channels"]))
+        except KeyError as exc:
+            raise ArtifactError(f"{where}: ambient model lacks key {exc.args[0]!r}") from None
 
     def checkpoint_networks(self, x_shape, op):
         # one mask channel per channel of the operator's measured() mask, as the M-step builds it
