@@ -90,6 +90,9 @@ if TYPE_CHECKING:
 log = get_logger("emprior.methods.ambient")
 
 SAMPLING_MASKS = ("fixed", "resample", "full")
+FURTHER_MASKS = ("fixed", "resample")
+NOISE = ("lognormal", "beta")
+TRAINING = ("continue", "restart")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,25 @@ class AmbientOptions:
                                 doc="mask A~ at sampling: fixed (one training-distribution mask per sample, the "
                                     "paper's fixed-mask sampler), resample (fresh at each denoiser call), "
                                     "full (A~ = I)")
+    further_mask: str = option("fixed", enum=list(FURTHER_MASKS),
+                               doc="training mask A~ = B A: fixed (B drawn once per image by seed, the same at every "
+                                   "step and iteration, the reference) or resample (a fresh B at every step)")
+    noise: str = option("lognormal", enum=list(NOISE),
+                        doc="training noise levels: lognormal (EDM, ln sigma ~ N(p_mean, p_std^2), the reference) "
+                            "or beta (t ~ Beta(3, 3) on the schedule, the suite's DSM loss)")
+    p_mean: float = option(-1.2, doc="mean of ln sigma for noise: lognormal (reference: -1.2)")
+    p_std: float = option(1.2, exclusiveMinimum=0, doc="std of ln sigma for noise: lognormal (reference: 1.2)")
+    training: str = option("continue", enum=list(TRAINING),
+                           doc="continue (one training run across the DAG iterations: optimiser, lr schedule over "
+                               "all iterations, EMA and step counter resumed from the previous model.pt, the "
+                               "reference) or restart (each iteration a fresh optimiser, lr schedule and EMA)")
+    sampler: str = option("heun", doc="prior sampler: heun (EDM deterministic Heun, the reference) or evaluate "
+                                      "(the experiment's evaluate sampler and steps)")
+    sampler_steps: int = option(18, minimum=2, doc="EDM num_steps of the heun sampler (noise levels, plus the final "
+                                                   "step to 0; reference: 18)")
+    rho: float = option(7.0, exclusiveMinimum=0, doc="grid exponent of the heun sampler (reference: 7)")
+    clip: float = option(2.0, minimum=0, doc="clip the denoiser output to [-clip, clip] while sampling (reference: "
+                                             "its data range [-1, 1]; the digits/CIFAR range is [-2, 2]); 0: off")
 
 
 # -- corruption and loss --------------------------------------------------------------------------
@@ -112,7 +134,8 @@ def further_corrupt(mask: Tensor, delta: float, generator: torch.Generator | Non
 
 
 def ambient_loss(denoiser, y: Tensor, mask: Tensor, schedule: Schedule, delta: float,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, a_tilde: Tensor | None = None, noise: str = "beta",
+                 p_mean: float = -1.2, p_std: float = 1.2) -> Tensor:
     """The AmbientDiffusion loss on a batch of observations y (B, *x_shape) with masks A (0/1,
     broadcastable to y; mask channels are the condition channels)::
 
@@ -123,6 +146,10 @@ def ambient_loss(denoiser, y: Tensor, mask: Tensor, schedule: Schedule, delta: f
 
     ``denoiser(x_t, cond, sigma)`` is a conditional denoiser. Values of y (and of the noise) at
     unobserved entries never reach the network nor the loss. ``generator`` drives t, z and B.
+    ``a_tilde`` (0/1 like ``mask``): the further-corrupted masks A~ to use instead of drawing B (the
+    reference's per-image masks, ``dataset.py`` seeds them by image index); it is multiplied by A.
+    ``noise="lognormal"``: ln sigma ~ N(p_mean, p_std^2) (EDM, the reference's ``AmbientLoss``) instead
+    of t ~ Beta(3, 3).
     """
     from emprior.diffusion.loss import sample_beta33
     from emprior.diffusion.schedule import expand_as_batch
@@ -133,11 +160,17 @@ def ambient_loss(denoiser, y: Tensor, mask: Tensor, schedule: Schedule, delta: f
     observed = mask.expand(b, *mask.shape[1:]) > 0
     full = observed.expand_as(y) if observed.shape != y.shape else observed
     y = torch.where(full, y, torch.zeros((), dtype=y.dtype, device=y.device))  # A y, whatever y holds elsewhere
-    t = sample_beta33(b, generator=generator, device=y.device, dtype=y.dtype)
-    sigma = schedule.sigma(t).to(y.dtype)
+    if noise == "lognormal":
+        n = torch.randn((b,), generator=generator, device=y.device, dtype=y.dtype)
+        sigma = torch.exp(p_mean + p_std * n)
+    elif noise == "beta":
+        t = sample_beta33(b, generator=generator, device=y.device, dtype=y.dtype)
+        sigma = schedule.sigma(t).to(y.dtype)
+    else:
+        raise ValueError(f"noise: must be one of {NOISE}, got {noise!r}")
     z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     a = observed.to(y.dtype)
-    a_tilde = further_corrupt(a, delta, generator)
+    a_tilde = further_corrupt(a, delta, generator) if a_tilde is None else a * a_tilde.to(y.dtype)
     x_t = y + expand_as_batch(sigma, y) * z                    # = A x_t on the observed entries
     inp = torch.where(a_tilde.expand_as(y) > 0, x_t, torch.zeros((), dtype=y.dtype, device=y.device))  # A~ x_t
     err = torch.where(full, denoiser(inp, a_tilde, sigma) - y, torch.zeros((), dtype=y.dtype, device=y.device))
@@ -149,24 +182,43 @@ def ambient_loss(denoiser, y: Tensor, mask: Tensor, schedule: Schedule, delta: f
 
 # -- training -------------------------------------------------------------------------------------
 
+def further_masks(masks: Tensor, delta: float, seed: int) -> Tensor:
+    """A~ = B A for every image, B drawn once from a numpy stream seeded by ``seed`` (image i gets the
+    i-th draw): the reference fixes each image's masks by seeding with its index (``dataset.py``), so
+    an image is seen through the same A~ at every training step and DAG iteration."""
+    keep = np.random.default_rng(seed).random(tuple(masks.shape)) >= float(delta)
+    return masks * torch.as_tensor(keep, dtype=masks.dtype, device=masks.device)
+
+
 def train_ambient(net: torch.nn.Module, y: Tensor, masks: Tensor, schedule: Schedule, mstep: dict[str, Any],
                   delta: float, generator: torch.Generator, resume_path: str | Path | None = None,
-                  context: str = "ambient M-step", precision: Precision | None = None) -> dict[str, Any]:
+                  context: str = "ambient M-step", precision: Precision | None = None,
+                  further: Tensor | None = None, noise: str = "beta", p_mean: float = -1.2, p_std: float = 1.2,
+                  start_state: dict[str, Any] | None = None, until: int | None = None) -> dict[str, Any]:
     """Train the conditional denoiser ``net`` in place on observations ``y`` with masks ``masks``
     (N, C_mask, *spatial): :func:`emprior.training.mstep.train_denoiser` (the experiment's optimiser,
     lr schedule, EMA, clipping, step budget, resume state and ``precision``) with :func:`ambient_loss`. An observation
     and its mask travel as one tensor, so an augmentation flips or crops both the same way.
 
-    Returns {"loss" (per-chunk means), "steps", "ema", "seconds", "resumed_from"}."""
+    ``further`` (like ``masks``): fixed further-corrupted masks A~ per image (:func:`further_masks`),
+    carried with the image through augmentation; None draws B at every step. ``noise``, ``p_mean``,
+    ``p_std``: :func:`ambient_loss`. ``start_state`` / ``until``: continue one training run across calls
+    (:func:`~emprior.training.mstep.train_denoiser`).
+
+    Returns {"loss" (per-chunk means), "steps", "ema", "seconds", "resumed_from", "state"}."""
     from emprior.training.mstep import train_denoiser
 
-    c = y.shape[1]
+    c, m = y.shape[1], masks.shape[1]
 
     def loss_fn(denoiser, both, schedule, gen, step):
-        return ambient_loss(denoiser, both[:, :c], both[:, c:], schedule, delta, generator=gen)
+        fixed = both[:, c + m:] if further is not None else None
+        return ambient_loss(denoiser, both[:, :c], both[:, c:c + m], schedule, delta, generator=gen, a_tilde=fixed,
+                            noise=noise, p_mean=p_mean, p_std=p_std)
 
-    return train_denoiser(net, torch.cat([y, masks], dim=1), schedule, mstep, generator, resume_path=resume_path,
-                          context=context, loss_fn=loss_fn, precision=precision)
+    parts = [y, masks] if further is None else [y, masks, further]
+    return train_denoiser(net, torch.cat(parts, dim=1), schedule, mstep, generator, resume_path=resume_path,
+                          context=context, loss_fn=loss_fn, precision=precision, start_state=start_state,
+                          until=until)
 
 
 # -- network --------------------------------------------------------------------------------------
@@ -221,12 +273,13 @@ class AmbientSamplingDenoiser:
     ``rng`` (numpy), so they are the same on every device."""
 
     def __init__(self, module: torch.nn.Module, corruption: dict[str, Any], x_shape: tuple[int, ...],
-                 cond_channels: int, mode: str, rng: np.random.Generator):
+                 cond_channels: int, mode: str, rng: np.random.Generator, clip: float = 0.0):
         if mode not in SAMPLING_MASKS:
             raise ValueError(f"sampling_mask: must be one of {SAMPLING_MASKS}, got {mode!r}")
         self.module, self.corruption, self.x_shape = module, corruption, tuple(x_shape)
         self.cond_channels, self.mode, self.rng = int(cond_channels), mode, rng
         self._fixed: Tensor | None = None
+        self.clip = float(clip)  # > 0: the output clipped to [-clip, clip] (reference: eval.py tensor_clipping)
 
     def mask(self, x_t: Tensor) -> Tensor:
         n = x_t.shape[0]
@@ -242,7 +295,19 @@ class AmbientSamplingDenoiser:
     def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor:
         m = self.mask(x_t)
         inp = x_t * m.expand_as(x_t)
-        return self.module(inp, m, sigma)
+        out = self.module(inp, m, sigma)
+        return out.clamp(-self.clip, self.clip) if self.clip > 0 else out
+
+
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` (nested dicts / lists of tensors and numbers: optimiser, scheduler, EMA states) on the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 # -- the method -----------------------------------------------------------------------------------
@@ -268,6 +333,8 @@ class Ambient(EMMethod):
             return
         at = where.split(".variants.")[0] + ".observation.operator" if ".variants." in where \
             else "observation.operator"
+        if self.options.sampler not in ("heun", "evaluate"):
+            raise ConfigError(f"{where}.sampler: must be 'heun' or 'evaluate', got {self.options.sampler!r}")
         if not _is_mask_operator(kind):
             raise ConfigError(f"{at}: method 'ambient' needs a pixel-mask operator (measured() not None, y shaped "
                               f"like x, e.g. pixel_mask, box_mask), got {kind!r}")
@@ -289,6 +356,26 @@ class Ambient(EMMethod):
         x_shape = tuple(y.shape[1:])
         cond_channels = int(masks.shape[1])
         net_cfg = dict(exp["denoiser"])
+        opts = self.options
+        mstep_cfg, start_state, until = exp["mstep"], None, None
+        if opts.training == "continue":  # one run cut into the DAG iterations; the lr schedule spans them all
+            from emprior.training.mstep import n_steps
+
+            chunk = n_steps(exp["mstep"], len(y))
+            mstep_cfg = {k: v for k, v in exp["mstep"].items() if k != "epochs"}
+            k = int(job.iteration or 1)
+            mstep_cfg["steps"] = chunk * max(int(exp.get("iterations", 1)), k)
+            until = chunk * k
+            if previous is not None:
+                start_state = previous.checkpoint.get("train_state")
+                if start_state is None or int(start_state.get("step", -1)) != until - chunk:
+                    raise ArtifactError(f"{job.context}: previous ambient model has no training state at step "
+                                        f"{until - chunk} (written with training: restart or by an older "
+                                        "version); rerun its M-step")
+        further = None
+        if opts.further_mask == "fixed":  # not seeded by the iteration: the same A~ in every iteration
+            further = further_masks(masks, float(opts.delta),
+                                    derive_seed(job.seed, job.experiment, job.variant, "further_masks"))
         torch.manual_seed(derive_seed(job.seed, job.experiment, job.variant, "net_init"))
         net = build_ambient_denoiser(net_cfg, x_shape, cond_channels).to(job.device)
         if previous is not None:
@@ -297,8 +384,11 @@ class Ambient(EMMethod):
             net.load_state_dict(previous.checkpoint["raw_weights"])
         gen = job.generator("mstep")
         result = train_ambient(net, y.to(job.device), masks.to(job.device), Schedule(**exp["schedule"]),
-                               exp["mstep"], float(self.options.delta), gen, resume_path=resume_path,
-                               context=f"ambient M-step {job.context}", precision=job.precision)
+                               mstep_cfg, float(opts.delta), gen, resume_path=resume_path,
+                               context=f"ambient M-step {job.context}", precision=job.precision,
+                               further=None if further is None else further.to(job.device), noise=opts.noise,
+                               p_mean=float(opts.p_mean), p_std=float(opts.p_std), start_state=start_state,
+                               until=until)
         raw = {k: v.clone() for k, v in net.state_dict().items()}
         if result["ema"] is not None:
             result["ema"].copy_to(net)
@@ -309,6 +399,8 @@ class Ambient(EMMethod):
                                "delta": float(self.options.delta)},
                 "weights": cpu_state(net.state_dict()), "raw_weights": cpu_state(raw),
                 "train": {"loss": result["loss"], "steps": result["steps"], "dropped": 0, "n_data": len(y)}}
+        if opts.training == "continue":
+            ckpt["train_state"] = _to_cpu(result["state"])
         return ckpt, {"seconds": result["seconds"], "resumed_from": result["resumed_from"]}
 
     @classmethod
@@ -334,13 +426,18 @@ class Ambient(EMMethod):
             raise ArtifactError(f"{job.context}: expected an ambient checkpoint, got {prior.kind!r}")
         ckpt = prior.checkpoint
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        o = self.options
         den = AmbientSamplingDenoiser(prior.run(prior.module), ckpt["corruption"], prior.x_shape, ckpt["cond_channels"],
-                                      self.options.sampling_mask, np.random.default_rng(seed))
+                                      o.sampling_mask, np.random.default_rng(seed), clip=float(o.clip))
         p = next(prior.module.parameters())
         ev = self.exp["evaluate"]
-        opts = {"corrections": ev.get("corrections", 0), "tau": ev.get("tau", 0.1), "eta": ev.get("eta", 1.0)}
+        if o.sampler == "heun":  # EDM's num_steps levels: num_steps - 1 Heun steps, then the Euler step to 0
+            name, steps, opts = "heun", int(o.sampler_steps) - 1, {"rho": float(o.rho)}
+        else:
+            name, steps = ev["sampler"], ev["steps"]
+            opts = {"corrections": ev.get("corrections", 0), "tau": ev.get("tau", 0.1), "eta": ev.get("eta", 1.0)}
         if x_T is not None:  # the given initial noise (EMMethod.sample_prior); the masks still come from generator
             return sample(den, x_T.to(device=p.device, dtype=p.dtype), Schedule(**self.exp["schedule"]),
-                          ev["steps"], ev["sampler"], generator=generator, **opts)
-        return sample_prior(den, n, prior.x_shape, Schedule(**self.exp["schedule"]), ev["steps"], ev["sampler"],
+                          steps, name, generator=generator, **opts)
+        return sample_prior(den, n, prior.x_shape, Schedule(**self.exp["schedule"]), steps, name,
                             generator, device=p.device, dtype=p.dtype, **opts)
