@@ -367,11 +367,15 @@ class Ambient(EMMethod):
             mstep_cfg["steps"] = chunk * max(int(exp.get("iterations", 1)), k)
             until = chunk * k
             if previous is not None:
-                start_state = previous.checkpoint.get("train_state")
-                if start_state is None or int(start_state.get("step", -1)) != until - chunk:
+                saved = previous.checkpoint.get("train_state")
+                if saved is None or int(saved.get("step", -1)) != until - chunk:
                     raise ArtifactError(f"{job.context}: previous ambient model has no training state at step "
                                         f"{until - chunk} (written with training: restart or by an older "
                                         "version); rerun its M-step")
+                # the EMA's shadow is the model's own weights (the EMA was copied into them)
+                ema = {} if saved.get("ema_decay") is None else \
+                    {"decay": float(saved["ema_decay"]), "shadow": previous.checkpoint["weights"]}
+                start_state = {**saved, "ema": ema}
         further = None
         if opts.further_mask == "fixed":  # not seeded by the iteration: the same A~ in every iteration
             further = further_masks(masks, float(opts.delta),
@@ -399,8 +403,11 @@ class Ambient(EMMethod):
                                "delta": float(self.options.delta)},
                 "weights": cpu_state(net.state_dict()), "raw_weights": cpu_state(raw),
                 "train": {"loss": result["loss"], "steps": result["steps"], "dropped": 0, "n_data": len(y)}}
-        if opts.training == "continue":
-            ckpt["train_state"] = _to_cpu(result["state"])
+        if opts.training == "continue":  # optimiser, lr schedule, step; the EMA shadow is "weights"
+            state = result["state"]
+            ckpt["train_state"] = {"optimizer": _to_cpu(state["optimizer"]), "scheduler": state["scheduler"],
+                                   "step": int(state["step"]),
+                                   "ema_decay": state["ema"].get("decay") if state["ema"] else None}
         return ckpt, {"seconds": result["seconds"], "resumed_from": result["resumed_from"]}
 
     @classmethod
@@ -415,7 +422,9 @@ class Ambient(EMMethod):
     def checkpoint_networks(self, x_shape, op):
         # one mask channel per channel of the operator's measured() mask, as the M-step builds it
         mask = op.measured(torch.zeros(1, *op.y_shape))
-        return [build_ambient_denoiser(dict(self.exp["denoiser"]), x_shape, int(mask.shape[1]))]
+        nets = [build_ambient_denoiser(dict(self.exp["denoiser"]), x_shape, int(mask.shape[1]))]
+        # training: continue also stores Adam's two moments (train_state): the size of the weights twice
+        return nets * 2 if self.options.training == "continue" else nets
 
     def sample_prior(self, job: Job, prior: Prior, n: int, generator: torch.Generator,
                      x_T: Tensor | None = None) -> Tensor:
