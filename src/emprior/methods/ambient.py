@@ -16,12 +16,14 @@ Mapping onto this suite:
 
 - stages ("mstep",): no q_0, no E-step; the rule ``mstep`` passes ``data = obs.y`` and the
   :class:`~emprior.data.observations.Observations` (masks from ``obs.op.measured``). DAG iteration
-  k is the k-th chunk of training: the experiment's ``mstep`` budget (steps or epochs, batch size,
-  Adam, lr schedule, EMA, clip, augment) from iteration k-1's raw weights (``uses_previous(k) =
-  k >= 2``), so Fig. 4 gets a curve and the total budget equals the EM methods' M-step budget. As for
-  DiEM's M-step, each chunk starts a fresh optimiser, lr schedule and EMA. ``augment`` flips / crops an
-  observation and its mask together; ``mstep.max_abs`` (a filter for E-step samples) does not apply
-  to observations and is ignored.
+  k is the k-th chunk of ONE training run (the reference trains once, ``training_loop.py``): the
+  experiment's ``mstep`` budget per chunk (steps or epochs, batch size, Adam, EMA, clip, augment), the
+  lr schedule spanning all ``iterations`` chunks, and chunk k continuing chunk k-1's raw weights,
+  Adam state, lr schedule, EMA and step counter (``train_state`` in model.pt; ``uses_previous(k) =
+  k >= 2``), so Fig. 4 gets a curve and the total budget equals the EM methods' M-step budget.
+  ``training: restart`` gives each chunk a fresh optimiser, lr schedule and EMA (as DiEM's M-step).
+  ``augment`` flips / crops an observation, its mask and its further mask together; ``mstep.max_abs``
+  (a filter for E-step samples) does not apply to observations and is ignored.
 - network: :class:`AmbientDenoiser`, the experiment's ``denoiser`` architecture built by
   :func:`~emprior.nets.conditional.build_conditional_denoiser` (the mask A~ as extra input
   channel(s)), with the EDM preconditioning (Eq. 26) taken per pixel: a pixel A~ shows has noise
@@ -34,7 +36,13 @@ Mapping onto this suite:
   (with the plain preconditioning the hidden pixels' target for h would be y/c_out, about y/sigma:
   unbounded at low noise). A fresh net (zero output layer) is the N(0, I) denoiser restricted to what
   it sees.
-- loss: :func:`ambient_loss`; noise levels t ~ Beta(3, 3) and the weight lambda = 1/c_out^2 of
+- further masks: ``further_mask: fixed`` (reference, ``dataset.py`` seeds each image's masks by its
+  index) draws B once per image (:func:`further_masks`, seeded by run, experiment and variant, not by
+  the iteration), so an image is seen through the same A~ at every step and iteration; ``resample``
+  draws B at every step.
+- loss: :func:`ambient_loss`; noise levels ln sigma ~ N(-1.2, 1.2^2) (``noise: lognormal``, EDM's
+  P_mean / P_std as the reference's ``AmbientLoss``; ``noise: beta``: t ~ Beta(3, 3) on the
+  schedule) and the weight lambda = 1/c_out^2 of
   :func:`~emprior.diffusion.loss.dsm_loss` (which makes h's target unit-scale), per pixel with the
   pixel's noise level as above: 1/sigma^2 + 1 where A~ shows it (exactly dsm_loss's weight), 1 where
   A~ hides an observed pixel. The mean runs over each sample's *observed* elements (the weighted sum
@@ -43,8 +51,11 @@ Mapping onto this suite:
   network's own inputs, so the minimiser is still E[x | A~ x_t, A~] pixel by pixel. The observation
   noise (Sigma_y = noise_std^2 I, 1e-3 in the presets) is neglected, as in the paper (it treats y as
   noiseless).
-- sampling: :class:`AmbientSamplingDenoiser` plugs d(A~ x_t, A~, sigma) into the experiment's
-  ``evaluate`` sampler as the denoiser E[x | x_t]. The default ``sampling_mask: fixed`` is the paper's
+- sampling: :class:`AmbientSamplingDenoiser` plugs d(A~ x_t, A~, sigma), clipped to [-clip, clip]
+  (reference: ``tensor_clipping`` to its data range), as the denoiser E[x | x_t] into the reference's
+  deterministic EDM Heun sampler (``sampler: heun``, :mod:`emprior.diffusion.heun`, ``sampler_steps``
+  = 18 levels, ``rho`` = 7) on the experiment's schedule; ``sampler: evaluate`` uses the
+  experiment's ``evaluate`` sampler and steps instead. The default ``sampling_mask: fixed`` is the paper's
   fixed-mask sampler: one mask A~ = B A per sample drawn from the *training* corruption distribution
   (the observation operator's draw, then the extra deletion delta) and kept for the whole trajectory,
   so the network is only ever evaluated on masks like those it was trained on (a full mask A~ = I
@@ -52,10 +63,12 @@ Mapping onto this suite:
   pixels). ``resample`` draws a fresh training-distribution mask at every denoiser call; ``full``
   uses A~ = I (an ablation). Masks are drawn from a numpy stream seeded from the ``generator`` (so
   they do not depend on the device), then everything else follows the sampler.
-- checkpoint: model.pt of ``kind="ambient"``: the denoiser layout (``x_shape``, ``net``,
-  ``schedule``, ``weights`` (EMA), ``raw_weights``, ``train``) plus ``cond_channels`` and
-  ``corruption`` ({operator, options, delta}: what the sampler draws its masks from);
-  :func:`~emprior.priors.checkpoint.prior_from_checkpoint` loads it.
+- checkpoint: model.pt of ``kind="ambient"``, ``method="ambient"``: the denoiser layout (``x_shape``,
+  ``net``, ``schedule``, ``weights`` (EMA), ``raw_weights``, ``train``) plus ``cond_channels``,
+  ``corruption`` ({operator, options, delta}: what the sampler draws its masks from) and, with
+  ``training: continue``, ``train_state`` (Adam state, lr schedule, step, EMA decay; the EMA shadow is
+  ``weights``); :func:`~emprior.priors.checkpoint.prior_from_checkpoint` asks
+  :meth:`Ambient.build_networks` for the module.
 - resume: the full training state goes to ``<out>.resume.pt`` every ``checkpoint_every`` steps (as
   the DSM M-step does); a rerun continues from it with the same weights as an uninterrupted run.
 
