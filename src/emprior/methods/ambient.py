@@ -410,8 +410,8 @@ class Ambient(EMMethod):
         if result["ema"] is not None:
             result["ema"].copy_to(net)
         obs_cfg = exp["observation"]
-        ckpt = {"kind": "ambient", "method": "ambient", "x_shape": list(x_shape), "net": net_cfg, "schedule": dict(exp["schedule"]),
-                "cond_channels": cond_channels,
+        ckpt = {"kind": "ambient", "method": "ambient", "x_shape": list(x_shape), "net": net_cfg,
+                "schedule": dict(exp["schedule"]), "cond_channels": cond_channels,
                 "corruption": {"operator": obs_cfg["operator"], "options": dict(obs_cfg.get("options") or {}),
                                "delta": float(self.options.delta)},
                 "weights": cpu_state(net.state_dict()), "raw_weights": cpu_state(raw),

@@ -56,7 +56,7 @@ class Prior:
         ev = exp_cfg["evaluate"]
         return sample_prior(self.denoiser, n, self.x_shape, Schedule(**exp_cfg["schedule"]), ev["steps"],
                             ev["sampler"], generator, corrections=ev.get("corrections", 0), tau=ev.get("tau", 0.1),
-                            eta=ev.get("eta", 1.0))
+                            eta=ev.get("eta", 1.0), rho=ev.get("rho", 7.0))
 
     def sample_from(self, x_T: torch.Tensor, exp_cfg: dict[str, Any],
                     generator: torch.Generator | None = None) -> torch.Tensor:
@@ -76,7 +76,7 @@ class Prior:
         ev = exp_cfg["evaluate"]
         return sample(self.denoiser, x_T, Schedule(**exp_cfg["schedule"]), ev["steps"], ev["sampler"],
                       corrections=ev.get("corrections", 0), tau=ev.get("tau", 0.1), eta=ev.get("eta", 1.0),
-                      generator=generator)
+                      rho=ev.get("rho", 7.0), generator=generator)
 
 
 def gaussian_checkpoint(result, x_shape) -> dict[str, Any]:

@@ -3,7 +3,6 @@ fixed further masks, EDM log-normal noise, one training run across DAG iteration
 
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -27,7 +27,8 @@ def test_no_upward_imports():
     core.job -> config.loading -> methods -> core.job is gone)."""
     _run("import sys\n"
          "import emprior.priors.checkpoint, emprior.core.job\n"
-         "bad = [m for m in ('emprior.methods.ambient', 'emprior.methods', 'emprior.config.loading') if m in sys.modules]\n"
+         "bad = [m for m in ('emprior.methods.ambient', 'emprior.methods', 'emprior.config.loading')\n"
+         "       if m in sys.modules]\n"
          "assert not bad, bad\n")
 
 
