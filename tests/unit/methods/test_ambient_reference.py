@@ -134,3 +134,13 @@ def test_heun_sampling_is_clipped_and_deterministic_given_the_masks():
                                                                             torch.Generator().manual_seed(0))
     assert float(off.abs().max()) > 0.5
     assert math.isfinite(float(off.sum()))
+
+
+def test_bad_sampler_or_noise_is_one_line():
+    from emprior.core.errors import ConfigError
+
+    exp = _digits_cfg()["experiments"]["digits"]
+    with pytest.raises(ConfigError, match=r"^experiments\.digits\.variants\.v\.sampler: must be 'heun' or 'evaluate'"):
+        make_method({"method": "ambient", "sampler": "ddpm"}, exp, where="experiments.digits.variants.v")
+    with pytest.raises(ConfigError, match="noise"):
+        make_method({"method": "ambient", "noise": "uniform"}, exp, where="experiments.digits.variants.v")
