@@ -22,19 +22,15 @@ def _run(code: str) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_no_upward_imports():
+def test_no_upward_imports_and_plain_denoisers_load_without_any_method():
     """Importing the checkpoint loader, or Job, pulls in no EM method nor the config loader (the circle
-    core.job -> config.loading -> methods -> core.job is gone)."""
-    _run("import sys\n"
+    core.job -> config.loading -> methods -> core.job is gone); DiEM / EMDiffusion / DiffEM write kind
+    'denoiser', loaded exactly as before without asking any method (one subprocess: a clean sys.modules)."""
+    _run("import sys, torch\n"
          "import emprior.priors.checkpoint, emprior.core.job\n"
          "bad = [m for m in ('emprior.methods.ambient', 'emprior.methods', 'emprior.config.loading')\n"
          "       if m in sys.modules]\n"
-         "assert not bad, bad\n")
-
-
-def test_plain_denoiser_loads_without_any_method():
-    """DiEM / EMDiffusion / DiffEM write kind 'denoiser': loaded exactly as before, no method asked."""
-    _run("import sys, torch\n"
+         "assert not bad, bad\n"
          "from emprior.nets import build_denoiser\n"
          "from emprior.priors.checkpoint import prior_from_checkpoint\n"
          f"net = build_denoiser({NET!r}, (1, 8, 8))\n"
