@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from emprior.core.errors import ConfigError
+from emprior.core.sections import experiment, variant  # noqa: F401  (re-exported)
 
 def load_schema() -> dict[str, Any]:
     from emprior.config.schema import build_schema
@@ -220,23 +221,6 @@ def load_config(*paths: str | Path, overrides: dict[str, Any] | None = None) -> 
     if overrides:
         config = deep_merge(config, overrides)
     return validate_config(config, source=", ".join(str(p) for p in paths) or "config")
-
-
-def experiment(config: dict[str, Any], name: str) -> dict[str, Any]:
-    try:
-        return config["experiments"][name]
-    except KeyError:
-        raise ConfigError(f"config: experiments.{name}: no such experiment "
-                          f"(have: {', '.join(config.get('experiments', {}))})") from None
-
-
-def variant(config: dict[str, Any], exp_name: str, name: str) -> dict[str, Any]:
-    exp = experiment(config, exp_name)
-    try:
-        return exp["variants"][name]
-    except KeyError:
-        raise ConfigError(f"config: experiments.{exp_name}.variants.{name}: no such variant "
-                          f"(have: {', '.join(exp['variants'])})") from None
 
 
 def job_config(config: dict[str, Any], experiment_name: str | None = None, variant_name: str | None = None,

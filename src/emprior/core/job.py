@@ -8,6 +8,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from emprior.core import sections
 from emprior.core.precision import Precision
 from emprior.core.provenance import make_provenance
 from emprior.core.storage import Storage, storage_of
@@ -30,15 +31,11 @@ class Job:
 
     @property
     def exp(self) -> dict[str, Any]:
-        from emprior.config import loading
-
-        return loading.experiment(self.config, self.experiment)
+        return sections.experiment(self.config, self.experiment)
 
     @property
     def var(self) -> dict[str, Any]:
-        from emprior.config import loading
-
-        return loading.variant(self.config, self.experiment, self.variant)
+        return sections.variant(self.config, self.experiment, self.variant)
 
     @functools.cached_property
     def device(self) -> torch.device:

@@ -15,12 +15,15 @@ from emprior.diffusion.samplers import (
     sample_prior,
 )
 from emprior.diffusion.schedule import Denoiser, Schedule, batch_sigma
+from emprior.diffusion.heun import Heun, HeunOptions  # noqa: E402  registers "heun"
 
 __all__ = [
     "DDIM",
     "DDPM",
     "DIFFUSION_SAMPLERS",
     "EMA",
+    "Heun",
+    "HeunOptions",
     "DDIMOptions",
     "Denoiser",
     "PCOptions",

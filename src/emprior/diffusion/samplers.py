@@ -64,6 +64,11 @@ class ReverseStep:
     def __init__(self, options: object):
         self.options = options
 
+    def grid(self, schedule: Schedule, steps: int) -> Tensor:
+        """The noise levels sigma_0 = sigma_max > ... > sigma_steps = sigma_min (float64, length steps + 1);
+        default: the schedule's own grid (:meth:`Schedule.discretize`)."""
+        return schedule.discretize(steps)
+
     def predict(self, d: LevelDenoiser, x: Tensor, s: float, s_next: float,
                 generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError
@@ -133,6 +138,7 @@ def sample(
     corrections: int = PCOptions.corrections,  # the defaults are the plug-ins' (0, 0.1, 1.0)
     tau: float = PCOptions.tau,
     eta: float = DDIMOptions.eta,
+    rho: float = 7.0,
     final_denoise: bool = True,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -164,6 +170,8 @@ def sample(
       tau' = tau / max(1, rms(eps_hat)), eps_hat = (x - d(x, s')) / s': a noise prediction much
       larger than unit size (a strong likelihood score far from the data) shrinks the step instead
       of throwing the sample away.
+    - ``"heun"`` (:mod:`emprior.diffusion.heun`, EDM Algorithm 1, deterministic) on the rho-spaced grid
+      of the sampler's ``grid`` (``rho`` is its option; the other samplers ignore it).
 
     After the last step (x at sigma_min) ``final_denoise`` returns d(x, sigma_min) instead of x.
 
@@ -187,15 +195,15 @@ def sample(
         raise ValueError(f"eta: must be in [0, 1], got {eta!r}")
     if x_T.dim() < 2 or x_T.shape[0] == 0:
         raise ValueError(f"x_T: expected shape (B, *event_shape) with B > 0, got {tuple(x_T.shape)}")
-    sigmas = schedule.discretize(steps).tolist()
     n = x_T.shape[0]
 
     def d(x: Tensor, s: float) -> Tensor:
         return denoiser(x, torch.full((n,), s, dtype=x.dtype, device=x.device))
 
     entry = DIFFUSION_SAMPLERS.entry(sampler)
-    given = {"eta": eta, "corrections": corrections, "tau": tau}  # each sampler takes the ones it declares
+    given = {"eta": eta, "corrections": corrections, "tau": tau, "rho": rho}  # each sampler takes the ones it declares
     step = entry.obj(entry.options(**{f.name: given[f.name] for f in dataclasses.fields(entry.options)}))
+    sigmas = step.grid(schedule, steps).tolist()
 
     with torch.no_grad():
         x = x_T.clone()

@@ -16,12 +16,14 @@ Mapping onto this suite:
 
 - stages ("mstep",): no q_0, no E-step; the rule ``mstep`` passes ``data = obs.y`` and the
   :class:`~emprior.data.observations.Observations` (masks from ``obs.op.measured``). DAG iteration
-  k is the k-th chunk of training: the experiment's ``mstep`` budget (steps or epochs, batch size,
-  Adam, lr schedule, EMA, clip, augment) from iteration k-1's raw weights (``uses_previous(k) =
-  k >= 2``), so Fig. 4 gets a curve and the total budget equals the EM methods' M-step budget. As for
-  DiEM's M-step, each chunk starts a fresh optimiser, lr schedule and EMA. ``augment`` flips / crops an
-  observation and its mask together; ``mstep.max_abs`` (a filter for E-step samples) does not apply
-  to observations and is ignored.
+  k is the k-th chunk of ONE training run (the reference trains once, ``training_loop.py``): the
+  experiment's ``mstep`` budget per chunk (steps or epochs, batch size, Adam, EMA, clip, augment), the
+  lr schedule spanning all ``iterations`` chunks, and chunk k continuing chunk k-1's raw weights,
+  Adam state, lr schedule, EMA and step counter (``train_state`` in model.pt; ``uses_previous(k) =
+  k >= 2``), so Fig. 4 gets a curve and the total budget equals the EM methods' M-step budget.
+  ``training: restart`` gives each chunk a fresh optimiser, lr schedule and EMA (as DiEM's M-step).
+  ``augment`` flips / crops an observation, its mask and its further mask together; ``mstep.max_abs``
+  (a filter for E-step samples) does not apply to observations and is ignored.
 - network: :class:`AmbientDenoiser`, the experiment's ``denoiser`` architecture built by
   :func:`~emprior.nets.conditional.build_conditional_denoiser` (the mask A~ as extra input
   channel(s)), with the EDM preconditioning (Eq. 26) taken per pixel: a pixel A~ shows has noise
@@ -34,7 +36,13 @@ Mapping onto this suite:
   (with the plain preconditioning the hidden pixels' target for h would be y/c_out, about y/sigma:
   unbounded at low noise). A fresh net (zero output layer) is the N(0, I) denoiser restricted to what
   it sees.
-- loss: :func:`ambient_loss`; noise levels t ~ Beta(3, 3) and the weight lambda = 1/c_out^2 of
+- further masks: ``further_mask: fixed`` (reference, ``dataset.py`` seeds each image's masks by its
+  index) draws B once per image (:func:`further_masks`, seeded by run, experiment and variant, not by
+  the iteration), so an image is seen through the same A~ at every step and iteration; ``resample``
+  draws B at every step.
+- loss: :func:`ambient_loss`; noise levels ln sigma ~ N(-1.2, 1.2^2) (``noise: lognormal``, EDM's
+  P_mean / P_std as the reference's ``AmbientLoss``; ``noise: beta``: t ~ Beta(3, 3) on the
+  schedule) and the weight lambda = 1/c_out^2 of
   :func:`~emprior.diffusion.loss.dsm_loss` (which makes h's target unit-scale), per pixel with the
   pixel's noise level as above: 1/sigma^2 + 1 where A~ shows it (exactly dsm_loss's weight), 1 where
   A~ hides an observed pixel. The mean runs over each sample's *observed* elements (the weighted sum
@@ -43,8 +51,11 @@ Mapping onto this suite:
   network's own inputs, so the minimiser is still E[x | A~ x_t, A~] pixel by pixel. The observation
   noise (Sigma_y = noise_std^2 I, 1e-3 in the presets) is neglected, as in the paper (it treats y as
   noiseless).
-- sampling: :class:`AmbientSamplingDenoiser` plugs d(A~ x_t, A~, sigma) into the experiment's
-  ``evaluate`` sampler as the denoiser E[x | x_t]. The default ``sampling_mask: fixed`` is the paper's
+- sampling: :class:`AmbientSamplingDenoiser` plugs d(A~ x_t, A~, sigma), clipped to [-clip, clip]
+  (reference: ``tensor_clipping`` to its data range), as the denoiser E[x | x_t] into the reference's
+  deterministic EDM Heun sampler (``sampler: heun``, :mod:`emprior.diffusion.heun`, ``sampler_steps``
+  = 18 levels, ``rho`` = 7) on the experiment's schedule; ``sampler: evaluate`` uses the
+  experiment's ``evaluate`` sampler and steps instead. The default ``sampling_mask: fixed`` is the paper's
   fixed-mask sampler: one mask A~ = B A per sample drawn from the *training* corruption distribution
   (the observation operator's draw, then the extra deletion delta) and kept for the whole trajectory,
   so the network is only ever evaluated on masks like those it was trained on (a full mask A~ = I
@@ -52,10 +63,12 @@ Mapping onto this suite:
   pixels). ``resample`` draws a fresh training-distribution mask at every denoiser call; ``full``
   uses A~ = I (an ablation). Masks are drawn from a numpy stream seeded from the ``generator`` (so
   they do not depend on the device), then everything else follows the sampler.
-- checkpoint: model.pt of ``kind="ambient"``: the denoiser layout (``x_shape``, ``net``,
-  ``schedule``, ``weights`` (EMA), ``raw_weights``, ``train``) plus ``cond_channels`` and
-  ``corruption`` ({operator, options, delta}: what the sampler draws its masks from);
-  :func:`~emprior.priors.checkpoint.prior_from_checkpoint` loads it.
+- checkpoint: model.pt of ``kind="ambient"``, ``method="ambient"``: the denoiser layout (``x_shape``,
+  ``net``, ``schedule``, ``weights`` (EMA), ``raw_weights``, ``train``) plus ``cond_channels``,
+  ``corruption`` ({operator, options, delta}: what the sampler draws its masks from) and, with
+  ``training: continue``, ``train_state`` (Adam state, lr schedule, step, EMA decay; the EMA shadow is
+  ``weights``); :func:`~emprior.priors.checkpoint.prior_from_checkpoint` asks
+  :meth:`Ambient.build_networks` for the module.
 - resume: the full training state goes to ``<out>.resume.pt`` every ``checkpoint_every`` steps (as
   the DSM M-step does); a rerun continues from it with the same weights as an uninterrupted run.
 
@@ -90,6 +103,9 @@ if TYPE_CHECKING:
 log = get_logger("emprior.methods.ambient")
 
 SAMPLING_MASKS = ("fixed", "resample", "full")
+FURTHER_MASKS = ("fixed", "resample")
+NOISE = ("lognormal", "beta")
+TRAINING = ("continue", "restart")
 
 
 @dataclass(frozen=True)
@@ -100,6 +116,25 @@ class AmbientOptions:
                                 doc="mask A~ at sampling: fixed (one training-distribution mask per sample, the "
                                     "paper's fixed-mask sampler), resample (fresh at each denoiser call), "
                                     "full (A~ = I)")
+    further_mask: str = option("fixed", enum=list(FURTHER_MASKS),
+                               doc="training mask A~ = B A: fixed (B drawn once per image by seed, the same at every "
+                                   "step and iteration, the reference) or resample (a fresh B at every step)")
+    noise: str = option("lognormal", enum=list(NOISE),
+                        doc="training noise levels: lognormal (EDM, ln sigma ~ N(p_mean, p_std^2), the reference) "
+                            "or beta (t ~ Beta(3, 3) on the schedule, the suite's DSM loss)")
+    p_mean: float = option(-1.2, doc="mean of ln sigma for noise: lognormal (reference: -1.2)")
+    p_std: float = option(1.2, exclusiveMinimum=0, doc="std of ln sigma for noise: lognormal (reference: 1.2)")
+    training: str = option("continue", enum=list(TRAINING),
+                           doc="continue (one training run across the DAG iterations: optimiser, lr schedule over "
+                               "all iterations, EMA and step counter resumed from the previous model.pt, the "
+                               "reference) or restart (each iteration a fresh optimiser, lr schedule and EMA)")
+    sampler: str = option("heun", doc="prior sampler: heun (EDM deterministic Heun, the reference) or evaluate "
+                                      "(the experiment's evaluate sampler and steps)")
+    sampler_steps: int = option(18, minimum=2, doc="EDM num_steps of the heun sampler (noise levels, plus the final "
+                                                   "step to 0; reference: 18)")
+    rho: float = option(7.0, exclusiveMinimum=0, doc="grid exponent of the heun sampler (reference: 7)")
+    clip: float = option(2.0, minimum=0, doc="clip the denoiser output to [-clip, clip] while sampling (reference: "
+                                             "its data range [-1, 1]; the digits/CIFAR range is [-2, 2]); 0: off")
 
 
 # -- corruption and loss --------------------------------------------------------------------------
@@ -112,7 +147,8 @@ def further_corrupt(mask: Tensor, delta: float, generator: torch.Generator | Non
 
 
 def ambient_loss(denoiser, y: Tensor, mask: Tensor, schedule: Schedule, delta: float,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, a_tilde: Tensor | None = None, noise: str = "beta",
+                 p_mean: float = -1.2, p_std: float = 1.2) -> Tensor:
     """The AmbientDiffusion loss on a batch of observations y (B, *x_shape) with masks A (0/1,
     broadcastable to y; mask channels are the condition channels)::
 
@@ -123,6 +159,10 @@ def ambient_loss(denoiser, y: Tensor, mask: Tensor, schedule: Schedule, delta: f
 
     ``denoiser(x_t, cond, sigma)`` is a conditional denoiser. Values of y (and of the noise) at
     unobserved entries never reach the network nor the loss. ``generator`` drives t, z and B.
+    ``a_tilde`` (0/1 like ``mask``): the further-corrupted masks A~ to use instead of drawing B (the
+    reference's per-image masks, ``dataset.py`` seeds them by image index); it is multiplied by A.
+    ``noise="lognormal"``: ln sigma ~ N(p_mean, p_std^2) (EDM, the reference's ``AmbientLoss``) instead
+    of t ~ Beta(3, 3).
     """
     from emprior.diffusion.loss import sample_beta33
     from emprior.diffusion.schedule import expand_as_batch
@@ -133,11 +173,17 @@ def ambient_loss(denoiser, y: Tensor, mask: Tensor, schedule: Schedule, delta: f
     observed = mask.expand(b, *mask.shape[1:]) > 0
     full = observed.expand_as(y) if observed.shape != y.shape else observed
     y = torch.where(full, y, torch.zeros((), dtype=y.dtype, device=y.device))  # A y, whatever y holds elsewhere
-    t = sample_beta33(b, generator=generator, device=y.device, dtype=y.dtype)
-    sigma = schedule.sigma(t).to(y.dtype)
+    if noise == "lognormal":
+        n = torch.randn((b,), generator=generator, device=y.device, dtype=y.dtype)
+        sigma = torch.exp(p_mean + p_std * n)
+    elif noise == "beta":
+        t = sample_beta33(b, generator=generator, device=y.device, dtype=y.dtype)
+        sigma = schedule.sigma(t).to(y.dtype)
+    else:
+        raise ValueError(f"noise: must be one of {NOISE}, got {noise!r}")
     z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     a = observed.to(y.dtype)
-    a_tilde = further_corrupt(a, delta, generator)
+    a_tilde = further_corrupt(a, delta, generator) if a_tilde is None else a * a_tilde.to(y.dtype)
     x_t = y + expand_as_batch(sigma, y) * z                    # = A x_t on the observed entries
     inp = torch.where(a_tilde.expand_as(y) > 0, x_t, torch.zeros((), dtype=y.dtype, device=y.device))  # A~ x_t
     err = torch.where(full, denoiser(inp, a_tilde, sigma) - y, torch.zeros((), dtype=y.dtype, device=y.device))
@@ -149,24 +195,43 @@ def ambient_loss(denoiser, y: Tensor, mask: Tensor, schedule: Schedule, delta: f
 
 # -- training -------------------------------------------------------------------------------------
 
+def further_masks(masks: Tensor, delta: float, seed: int) -> Tensor:
+    """A~ = B A for every image, B drawn once from a numpy stream seeded by ``seed`` (image i gets the
+    i-th draw): the reference fixes each image's masks by seeding with its index (``dataset.py``), so
+    an image is seen through the same A~ at every training step and DAG iteration."""
+    keep = np.random.default_rng(seed).random(tuple(masks.shape)) >= float(delta)
+    return masks * torch.as_tensor(keep, dtype=masks.dtype, device=masks.device)
+
+
 def train_ambient(net: torch.nn.Module, y: Tensor, masks: Tensor, schedule: Schedule, mstep: dict[str, Any],
                   delta: float, generator: torch.Generator, resume_path: str | Path | None = None,
-                  context: str = "ambient M-step", precision: Precision | None = None) -> dict[str, Any]:
+                  context: str = "ambient M-step", precision: Precision | None = None,
+                  further: Tensor | None = None, noise: str = "beta", p_mean: float = -1.2, p_std: float = 1.2,
+                  start_state: dict[str, Any] | None = None, until: int | None = None) -> dict[str, Any]:
     """Train the conditional denoiser ``net`` in place on observations ``y`` with masks ``masks``
     (N, C_mask, *spatial): :func:`emprior.training.mstep.train_denoiser` (the experiment's optimiser,
     lr schedule, EMA, clipping, step budget, resume state and ``precision``) with :func:`ambient_loss`. An observation
     and its mask travel as one tensor, so an augmentation flips or crops both the same way.
 
-    Returns {"loss" (per-chunk means), "steps", "ema", "seconds", "resumed_from"}."""
+    ``further`` (like ``masks``): fixed further-corrupted masks A~ per image (:func:`further_masks`),
+    carried with the image through augmentation; None draws B at every step. ``noise``, ``p_mean``,
+    ``p_std``: :func:`ambient_loss`. ``start_state`` / ``until``: continue one training run across calls
+    (:func:`~emprior.training.mstep.train_denoiser`).
+
+    Returns {"loss" (per-chunk means), "steps", "ema", "seconds", "resumed_from", "state"}."""
     from emprior.training.mstep import train_denoiser
 
-    c = y.shape[1]
+    c, m = y.shape[1], masks.shape[1]
 
     def loss_fn(denoiser, both, schedule, gen, step):
-        return ambient_loss(denoiser, both[:, :c], both[:, c:], schedule, delta, generator=gen)
+        fixed = both[:, c + m:] if further is not None else None
+        return ambient_loss(denoiser, both[:, :c], both[:, c:c + m], schedule, delta, generator=gen, a_tilde=fixed,
+                            noise=noise, p_mean=p_mean, p_std=p_std)
 
-    return train_denoiser(net, torch.cat([y, masks], dim=1), schedule, mstep, generator, resume_path=resume_path,
-                          context=context, loss_fn=loss_fn, precision=precision)
+    parts = [y, masks] if further is None else [y, masks, further]
+    return train_denoiser(net, torch.cat(parts, dim=1), schedule, mstep, generator, resume_path=resume_path,
+                          context=context, loss_fn=loss_fn, precision=precision, start_state=start_state,
+                          until=until)
 
 
 # -- network --------------------------------------------------------------------------------------
@@ -221,12 +286,13 @@ class AmbientSamplingDenoiser:
     ``rng`` (numpy), so they are the same on every device."""
 
     def __init__(self, module: torch.nn.Module, corruption: dict[str, Any], x_shape: tuple[int, ...],
-                 cond_channels: int, mode: str, rng: np.random.Generator):
+                 cond_channels: int, mode: str, rng: np.random.Generator, clip: float = 0.0):
         if mode not in SAMPLING_MASKS:
             raise ValueError(f"sampling_mask: must be one of {SAMPLING_MASKS}, got {mode!r}")
         self.module, self.corruption, self.x_shape = module, corruption, tuple(x_shape)
         self.cond_channels, self.mode, self.rng = int(cond_channels), mode, rng
         self._fixed: Tensor | None = None
+        self.clip = float(clip)  # > 0: the output clipped to [-clip, clip] (reference: eval.py tensor_clipping)
 
     def mask(self, x_t: Tensor) -> Tensor:
         n = x_t.shape[0]
@@ -242,7 +308,19 @@ class AmbientSamplingDenoiser:
     def __call__(self, x_t: Tensor, sigma: Tensor) -> Tensor:
         m = self.mask(x_t)
         inp = x_t * m.expand_as(x_t)
-        return self.module(inp, m, sigma)
+        out = self.module(inp, m, sigma)
+        return out.clamp(-self.clip, self.clip) if self.clip > 0 else out
+
+
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` (nested dicts / lists of tensors and numbers: optimiser, scheduler, EMA states) on the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 # -- the method -----------------------------------------------------------------------------------
@@ -268,6 +346,8 @@ class Ambient(EMMethod):
             return
         at = where.split(".variants.")[0] + ".observation.operator" if ".variants." in where \
             else "observation.operator"
+        if self.options.sampler not in ("heun", "evaluate"):
+            raise ConfigError(f"{where}.sampler: must be 'heun' or 'evaluate', got {self.options.sampler!r}")
         if not _is_mask_operator(kind):
             raise ConfigError(f"{at}: method 'ambient' needs a pixel-mask operator (measured() not None, y shaped "
                               f"like x, e.g. pixel_mask, box_mask), got {kind!r}")
@@ -289,6 +369,30 @@ class Ambient(EMMethod):
         x_shape = tuple(y.shape[1:])
         cond_channels = int(masks.shape[1])
         net_cfg = dict(exp["denoiser"])
+        opts = self.options
+        mstep_cfg, start_state, until = exp["mstep"], None, None
+        if opts.training == "continue":  # one run cut into the DAG iterations; the lr schedule spans them all
+            from emprior.training.mstep import n_steps
+
+            chunk = n_steps(exp["mstep"], len(y))
+            mstep_cfg = {k: v for k, v in exp["mstep"].items() if k != "epochs"}
+            k = int(job.iteration or 1)
+            mstep_cfg["steps"] = chunk * max(int(exp.get("iterations", 1)), k)
+            until = chunk * k
+            if previous is not None:
+                saved = previous.checkpoint.get("train_state")
+                if saved is None or int(saved.get("step", -1)) != until - chunk:
+                    raise ArtifactError(f"{job.context}: previous ambient model has no training state at step "
+                                        f"{until - chunk} (written with training: restart or by an older "
+                                        "version); rerun its M-step")
+                # the EMA's shadow is the model's own weights (the EMA was copied into them)
+                ema = {} if saved.get("ema_decay") is None else \
+                    {"decay": float(saved["ema_decay"]), "shadow": previous.checkpoint["weights"]}
+                start_state = {**saved, "ema": ema}
+        further = None
+        if opts.further_mask == "fixed":  # not seeded by the iteration: the same A~ in every iteration
+            further = further_masks(masks, float(opts.delta),
+                                    derive_seed(job.seed, job.experiment, job.variant, "further_masks"))
         torch.manual_seed(derive_seed(job.seed, job.experiment, job.variant, "net_init"))
         net = build_ambient_denoiser(net_cfg, x_shape, cond_channels).to(job.device)
         if previous is not None:
@@ -297,24 +401,43 @@ class Ambient(EMMethod):
             net.load_state_dict(previous.checkpoint["raw_weights"])
         gen = job.generator("mstep")
         result = train_ambient(net, y.to(job.device), masks.to(job.device), Schedule(**exp["schedule"]),
-                               exp["mstep"], float(self.options.delta), gen, resume_path=resume_path,
-                               context=f"ambient M-step {job.context}", precision=job.precision)
+                               mstep_cfg, float(opts.delta), gen, resume_path=resume_path,
+                               context=f"ambient M-step {job.context}", precision=job.precision,
+                               further=None if further is None else further.to(job.device), noise=opts.noise,
+                               p_mean=float(opts.p_mean), p_std=float(opts.p_std), start_state=start_state,
+                               until=until)
         raw = {k: v.clone() for k, v in net.state_dict().items()}
         if result["ema"] is not None:
             result["ema"].copy_to(net)
         obs_cfg = exp["observation"]
-        ckpt = {"kind": "ambient", "x_shape": list(x_shape), "net": net_cfg, "schedule": dict(exp["schedule"]),
-                "cond_channels": cond_channels,
+        ckpt = {"kind": "ambient", "method": "ambient", "x_shape": list(x_shape), "net": net_cfg,
+                "schedule": dict(exp["schedule"]), "cond_channels": cond_channels,
                 "corruption": {"operator": obs_cfg["operator"], "options": dict(obs_cfg.get("options") or {}),
                                "delta": float(self.options.delta)},
                 "weights": cpu_state(net.state_dict()), "raw_weights": cpu_state(raw),
                 "train": {"loss": result["loss"], "steps": result["steps"], "dropped": 0, "n_data": len(y)}}
+        if opts.training == "continue":  # optimiser, lr schedule, step; the EMA shadow is "weights"
+            state = result["state"]
+            ckpt["train_state"] = {"optimizer": _to_cpu(state["optimizer"]), "scheduler": state["scheduler"],
+                                   "step": int(state["step"]),
+                                   "ema_decay": state["ema"].get("decay") if state["ema"] else None}
         return ckpt, {"seconds": result["seconds"], "resumed_from": result["resumed_from"]}
+
+    @classmethod
+    def build_networks(cls, ckpt: dict[str, Any], where: str) -> torch.nn.Module:
+        """The :class:`AmbientDenoiser` of an ambient model.pt (asked by the checkpoint loader)."""
+        try:
+            return build_ambient_denoiser(dict(ckpt["net"]), tuple(int(k) for k in ckpt["x_shape"]),
+                                          int(ckpt["cond_channels"]))
+        except KeyError as exc:
+            raise ArtifactError(f"{where}: ambient model lacks key {exc.args[0]!r}") from None
 
     def checkpoint_networks(self, x_shape, op):
         # one mask channel per channel of the operator's measured() mask, as the M-step builds it
         mask = op.measured(torch.zeros(1, *op.y_shape))
-        return [build_ambient_denoiser(dict(self.exp["denoiser"]), x_shape, int(mask.shape[1]))]
+        nets = [build_ambient_denoiser(dict(self.exp["denoiser"]), x_shape, int(mask.shape[1]))]
+        # training: continue also stores Adam's two moments (train_state): the size of the weights twice
+        return nets * 2 if self.options.training == "continue" else nets
 
     def sample_prior(self, job: Job, prior: Prior, n: int, generator: torch.Generator,
                      x_T: Tensor | None = None) -> Tensor:
@@ -325,13 +448,18 @@ class Ambient(EMMethod):
             raise ArtifactError(f"{job.context}: expected an ambient checkpoint, got {prior.kind!r}")
         ckpt = prior.checkpoint
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        o = self.options
         den = AmbientSamplingDenoiser(prior.run(prior.module), ckpt["corruption"], prior.x_shape, ckpt["cond_channels"],
-                                      self.options.sampling_mask, np.random.default_rng(seed))
+                                      o.sampling_mask, np.random.default_rng(seed), clip=float(o.clip))
         p = next(prior.module.parameters())
         ev = self.exp["evaluate"]
-        opts = {"corrections": ev.get("corrections", 0), "tau": ev.get("tau", 0.1), "eta": ev.get("eta", 1.0)}
+        if o.sampler == "heun":  # EDM's num_steps levels: num_steps - 1 Heun steps, then the Euler step to 0
+            name, steps, opts = "heun", int(o.sampler_steps) - 1, {"rho": float(o.rho)}
+        else:
+            name, steps = ev["sampler"], ev["steps"]
+            opts = {"corrections": ev.get("corrections", 0), "tau": ev.get("tau", 0.1), "eta": ev.get("eta", 1.0)}
         if x_T is not None:  # the given initial noise (EMMethod.sample_prior); the masks still come from generator
             return sample(den, x_T.to(device=p.device, dtype=p.dtype), Schedule(**self.exp["schedule"]),
-                          ev["steps"], ev["sampler"], generator=generator, **opts)
-        return sample_prior(den, n, prior.x_shape, Schedule(**self.exp["schedule"]), ev["steps"], ev["sampler"],
+                          steps, name, generator=generator, **opts)
+        return sample_prior(den, n, prior.x_shape, Schedule(**self.exp["schedule"]), steps, name,
                             generator, device=p.device, dtype=p.dtype, **opts)

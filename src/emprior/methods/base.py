@@ -91,6 +91,15 @@ class EMMethod:
     def validate(self, where: str) -> None:
         """Check option combinations a schema cannot express; one-line ConfigError naming the key."""
 
+    @classmethod
+    def build_networks(cls, ckpt: dict[str, Any], where: str) -> torch.nn.Module:
+        """The (untrained) module whose state dict is ``ckpt["weights"]``, for a model.pt of this method's
+        own kind (:func:`emprior.priors.checkpoint.prior_from_checkpoint` asks the method recorded in the
+        file). Methods that write the plain ``denoiser`` / ``gaussian`` kinds never get asked."""
+        from emprior.core.errors import ArtifactError
+
+        raise ArtifactError(f"{where}: EM method {cls.__name__} does not write models of kind {ckpt.get('kind')!r}")
+
     def checkpoint_networks(self, x_shape: tuple[int, ...], op: Any) -> list[torch.nn.Module]:
         """The networks whose weights an M-step's model.pt holds, each twice (EMA and raw weights), for
         ``disk-plan`` (:mod:`emprior.report.disk` builds them on the meta device); ``op`` is the

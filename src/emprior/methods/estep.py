@@ -155,7 +155,8 @@ def _sample_block(prior, method, obs, job: Job, schedule: Schedule, est: dict[st
     x_T = schedule.sigma_max * torch.randn((len(rows), *obs.x_shape), generator=gen, device=device)
     try:
         x = sample(post, x_T, schedule, est["steps"], est["sampler"], corrections=est.get("corrections", 0),
-                   tau=est.get("tau", 0.1), eta=est.get("eta", 1.0), generator=gen, progress=progress)
+                   tau=est.get("tau", 0.1), eta=est.get("eta", 1.0), rho=est.get("rho", 7.0),
+                   generator=gen, progress=progress)
     except NumericalError as exc:
         raise NumericalError(f"E-step {job.experiment}/{job.variant} iteration {job.iteration}, shard {shard}, "
                              f"block {b}: {exc}") from None

@@ -8,10 +8,11 @@ Checkpoint layout (a dict of tensors, numbers and strings, loadable with ``weigh
   ({sigma_min, sigma_max}), ``weights`` (the state dict used for sampling: EMA weights if EMA is on),
   ``raw_weights`` (the optimiser's weights, where the next M-step starts), ``train`` (loss curve and
   step count).
-- Ambient (:mod:`emprior.methods.ambient`): ``kind="ambient"``, the denoiser layout for a conditional
-  denoiser d(A~ x_t, A~, sigma) plus ``cond_channels`` and ``corruption`` (what its sampler draws the
-  masks A~ from); it is sampled through the ambient method's ``sample_prior`` (its ``denoiser``
-  needs a mask, so the Prior's own one raises).
+- A method's own model (e.g. AmbientDiffusion's ``kind="ambient"``): ``method`` names the EM method
+  that wrote it (older files: the kind), and that method's
+  :meth:`~emprior.methods.base.EMMethod.build_networks` builds the module the ``weights`` go into; it is
+  sampled through the method's ``sample_prior`` (the Prior's own ``denoiser`` raises). This module
+  never imports a method: it finds it by name in the plug-in registry when such a file is loaded.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Prior:
         ev = exp_cfg["evaluate"]
         return sample_prior(self.denoiser, n, self.x_shape, Schedule(**exp_cfg["schedule"]), ev["steps"],
                             ev["sampler"], generator, corrections=ev.get("corrections", 0), tau=ev.get("tau", 0.1),
-                            eta=ev.get("eta", 1.0))
+                            eta=ev.get("eta", 1.0), rho=ev.get("rho", 7.0))
 
     def sample_from(self, x_T: torch.Tensor, exp_cfg: dict[str, Any],
                     generator: torch.Generator | None = None) -> torch.Tensor:
@@ -75,7 +76,7 @@ class Prior:
         ev = exp_cfg["evaluate"]
         return sample(self.denoiser, x_T, Schedule(**exp_cfg["schedule"]), ev["steps"], ev["sampler"],
                       corrections=ev.get("corrections", 0), tau=ev.get("tau", 0.1), eta=ev.get("eta", 1.0),
-                      generator=generator)
+                      rho=ev.get("rho", 7.0), generator=generator)
 
 
 def gaussian_checkpoint(result, x_shape) -> dict[str, Any]:
@@ -123,19 +124,28 @@ def prior_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
             p.requires_grad_(False)
         return Prior(kind, x_shape, module if precision is None else precision.wrap(module), ckpt, module=module,
                      precision=precision)
-    if kind == "ambient":
-        from emprior.methods.ambient import build_ambient_denoiser
+    if not isinstance(kind, str):
+        raise ArtifactError(f"{where}: unknown model kind {kind!r} (expected 'gaussian', 'denoiser' or the kind "
+                            "of an EM method's own model)")
+    # Any other kind is a method's own model: the method that wrote it (recorded under "method", older
+    # files: the kind) builds its networks. Looked up by name through the plug-in registry at call time,
+    # so this module imports nothing above ``priors``.
+    import importlib
 
-        with torch.random.fork_rng(devices=[]):
-            module = build_ambient_denoiser(dict(ckpt["net"]), x_shape, int(ckpt["cond_channels"]))
-        load_module(module, ckpt["weights"], where, device)
+    methods = importlib.import_module("emprior.methods").EM_METHODS
+    name = ckpt.get("method", kind)
+    if name not in methods:
+        raise ArtifactError(f"{where}: unknown model kind {kind!r} (written by method {name!r}, which is not a "
+                            f"registered EM method: {', '.join(methods.names())})")
+    with torch.random.fork_rng(devices=[]):
+        module = methods.get(name).build_networks(ckpt, where)
+    load_module(module, ckpt["weights"], where, device)
 
-        def needs_mask(x_t, sigma):
-            raise ArtifactError(f"{where}: an ambient model is a denoiser of A~ x_t given the mask A~; sample it "
-                                "with the ambient method's sample_prior (emprior.methods.ambient)")
+    def needs_method(x_t, sigma):
+        raise ArtifactError(f"{where}: a {kind!r} model is sampled through its method's sample_prior "
+                            f"(EM method {name!r}), not as a plain denoiser")
 
-        return Prior(kind, x_shape, needs_mask, ckpt, module=module, precision=precision)
-    raise ArtifactError(f"{where}: unknown model kind {kind!r} (expected 'gaussian', 'denoiser' or 'ambient')")
+    return Prior(kind, x_shape, needs_method, ckpt, module=module, precision=precision)
 
 
 def load_module(module: torch.nn.Module, weights: dict[str, Any], where: str, device=None) -> None:

@@ -146,8 +146,16 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
                    generator: torch.Generator, resume_path: str | Path | None = None,
                    progress: bool = False, context: str = "M-step",
                    loss_fn: Callable[..., torch.Tensor] | None = None,
-                   precision: Precision | None = None) -> dict[str, Any]:
-    """Train in place; returns {"loss": per-chunk mean losses, "steps", "ema": EMA or None, "seconds"}.
+                   precision: Precision | None = None, start_state: dict[str, Any] | None = None,
+                   until: int | None = None) -> dict[str, Any]:
+    """Train in place; returns {"loss": per-chunk mean losses, "steps", "ema": EMA or None, "seconds",
+    "state"}.
+
+    One continuous run in several calls (AmbientDiffusion's single training run cut into DAG
+    iterations): ``until`` stops after that many of the run's ``steps`` (the lr schedule spans all
+    ``steps``), and ``start_state`` (a previous call's ``state``: optimiser, lr schedule, EMA and step
+    counter; the caller loads the weights) continues where that call stopped. ``"steps"`` is the step
+    counter reached. Defaults: one whole run from step 0.
 
     ``precision`` (:class:`~emprior.core.precision.Precision`, default: float32, no compile) applies to
     the network's forward in the loss only: under ``autocast: bf16`` the loss, the gradients of the
@@ -160,6 +168,7 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
     With ``resume_path``, SIGTERM (main thread only) finishes the current step, saves the resume state
     and raises :class:`~emprior.core.errors.Preempted`."""
     steps = n_steps(mstep, len(data))
+    until = steps if until is None else min(int(until), steps)
     # foreach: one multi-tensor update instead of a Python loop over the parameters (not PyTorch's CPU default).
     opt = torch.optim.Adam(denoiser.parameters(), lr=mstep["lr"], weight_decay=mstep.get("weight_decay", 0.0),
                            foreach=True)
@@ -177,6 +186,13 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
     losses: list[float] = []
     running: list[float] = []
     start_step = 0
+    if start_state is not None:  # continue a run (the weights are the caller's); a resume file overrides it
+        opt.load_state_dict(start_state["optimizer"])
+        sched.load_state_dict(start_state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(start_state["ema"])
+        start_step = int(start_state["step"])
+    first_step = start_step  # where this call began without a resume file
     resume = Path(resume_path) if resume_path else None
     if resume is not None and resume.exists():
         try:
@@ -191,7 +207,7 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
             log.info("%s: resumed from %s at step %d/%d", context, resume, start_step, steps)
         except (ArtifactError, KeyError, RuntimeError, ValueError) as exc:
             log.warning("%s: ignoring unusable resume state %s (%s)", context, resume, exc)
-            start_step = 0
+            start_step = first_step
     denoiser.train()
     # the loss's network: ``denoiser`` itself, or this rank's share of it in a multi-process M-step
     world = distributed.world_size() if distributed.active() else 1
@@ -199,8 +215,8 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
     net = precision.compiled(denoiser)  # shares denoiser's parameters
     model = precision.autocast_of(net if world == 1 else shard_model(net, mstep, context))
     begin = time.perf_counter()
-    for step in tqdm(range(start_step, steps), desc=context, disable=not progress, initial=start_step,
-                     total=steps):
+    for step in tqdm(range(start_step, until), desc=context, disable=not progress, initial=start_step,
+                     total=until):
         i = torch.randint(0, len(data), (mstep["batch_size"],), generator=generator, device=generator.device)
         x = augment(data[i], mstep.get("augment", []), generator)
         if loss_fn is None:
@@ -224,8 +240,8 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
             losses.append(sum(running) / len(running))
             running = []
         # SIGTERM (flag set by preempt's handler): the same state is saved at once and training stops
-        stop = resume is not None and preempt.requested() and step + 1 < steps
-        if resume is not None and ((step + 1) % every == 0 and step + 1 < steps or stop):
+        stop = resume is not None and preempt.requested() and step + 1 < until
+        if resume is not None and ((step + 1) % every == 0 and step + 1 < until or stop):
             if distributed.is_main():  # the ranks' states are identical: rank 0 writes, the others wait
                 save_torch(resume, {"model": denoiser.state_dict(), "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema else {},
@@ -233,7 +249,7 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
                                     "step": step + 1})
             distributed.barrier()
         if stop:  # torchrun forwards SIGTERM to every rank, so all ranks stop at the same step
-            raise Preempted(f"{context}: SIGTERM, stopped after step {step + 1}/{steps}; resume state saved "
+            raise Preempted(f"{context}: SIGTERM, stopped after step {step + 1}/{until}; resume state saved "
                             f"to {resume}, a rerun continues from it")
     if running:
         losses.append(sum(running) / len(running))
@@ -241,8 +257,10 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
     for name, p in denoiser.named_parameters():
         if not torch.isfinite(p).all():
             raise NumericalError(f"{context}: non-finite weights in {name} after training")
-    return {"loss": losses, "steps": steps, "ema": ema, "seconds": time.perf_counter() - begin,
-            "resumed_from": start_step}
+    return {"loss": losses, "steps": until, "ema": ema, "seconds": time.perf_counter() - begin,
+            "resumed_from": start_step if start_step != first_step else 0,
+            "state": {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                      "ema": ema.state_dict() if ema is not None else {}, "step": until}}
 
 
 def em_mstep(net: torch.nn.Module, x: torch.Tensor, schedule: Schedule, mstep: dict[str, Any],

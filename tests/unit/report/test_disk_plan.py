@@ -81,7 +81,8 @@ def _weight_bytes(tree) -> int:
         return tree.numel() * tree.element_size()
     if isinstance(tree, dict):
         return sum(_weight_bytes(v) for k, v in tree.items() if k in ("weights", "raw_weights", "conditional")
-                   or isinstance(v, torch.Tensor))
+                   or k in ("train_state", "optimizer", "state", "exp_avg", "exp_avg_sq") or isinstance(k, int)
+                   or isinstance(v, torch.Tensor) and k != "step")  # Ambient's Adam moments, not its step counters
     return 0
 
 
