@@ -94,10 +94,13 @@ def dps_motion_kernel(size: int, intensity: float, seed: int) -> np.ndarray:
     if size < 3 or not 0.0 <= intensity <= 1.0:
         raise OperatorError(f"dps_motion_kernel: need size >= 3 and intensity in [0, 1], "
                             f"got size={size}, intensity={intensity}")
-    rs = np.random.RandomState(int(seed))
-    eps = 0.1
     big = 2 * size
     diag = (2 * big**2) ** 0.5
+    if int(diag / 150) < 1:  # the reference draws a line of width 0 (nothing) and returns NaNs
+        raise OperatorError(f"dps_motion_kernel: size {size} < 54 draws no path (line width int(2 sqrt(2) "
+                            f"size / 150) = 0 in the reference); use size >= 54 or kernel='motion'")
+    rs = np.random.RandomState(int(seed))
+    eps = 0.1
     max_len = 0.75 * diag * (rs.uniform() + rs.uniform(0, intensity**2))
     steps: list[float] = []
     while sum(steps) < max_len:

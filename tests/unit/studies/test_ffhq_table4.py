@@ -1,0 +1,97 @@
+"""FFHQ Table 4 protocol: loader + manifest on generated PNGs, the four task operators, cells, n/a gather."""
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from emprior.config.loading import load_config
+from emprior.core.errors import ConfigError
+from emprior.data.ffhq import load_ffhq
+from emprior.operators.blur import dps_motion_kernel
+from emprior.studies import ffhq_table4 as study
+
+METHODS = {"DPS": {"method": "dps", "zeta": 0.5}, "MMPS (3)": {"method": "mmps", "maxiter": 3}}
+
+
+@pytest.fixture(scope="module")
+def ffhq_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ffhq")
+    rng = np.random.default_rng(0)
+    for i in (3, 0, 1, 2):  # written out of order: the loader sorts by name
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(d / f"{i:05d}.png")
+    return d
+
+
+def test_loader_first_by_name_in_range_and_manifest(ffhq_dir):
+    x = load_ffhq(ffhq_dir, n=3)
+    assert x.shape == (3, 3, 256, 256) and x.min() >= -1 and x.max() <= 1
+    first = np.asarray(Image.open(ffhq_dir / "00000.png"), dtype=np.float32).transpose(2, 0, 1)
+    np.testing.assert_allclose(x[0], first * 2 / 255 - 1, atol=1e-6)
+    man = study.image_manifest(ffhq_dir, 3)
+    assert [m["name"] for m in man] == ["00000.png", "00001.png", "00002.png"]
+    assert man[1]["sha256"] == hashlib.sha256((ffhq_dir / "00001.png").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("task", list(study.TASKS))
+def test_task_operators_adjoint_and_shapes(ffhq_dir, task):
+    cfg = study.check_config({"methods": METHODS})
+    x = torch.from_numpy(load_ffhq(ffhq_dir, n=2)).double()
+    op, y = study.observations(cfg, task, x, seed=0)
+    op2, y2 = study.observations(cfg, task, x, seed=0)
+    assert torch.equal(y, y2)  # the same observations for every method and step count
+    u = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    v = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    lhs, rhs = (op.A(u) * v).sum(), (u * op.At(v)).sum()
+    assert abs(float(lhs - rhs)) < 1e-9 * float(u.norm() * v.norm())
+    if task == "box_inpainting":
+        m = op.A(torch.ones_like(x))
+        for i in range(2):
+            rows, cols = torch.nonzero(m[i, 0] == 0, as_tuple=True)
+            assert len(rows) == 128 * 128 and rows.max() - rows.min() == 127 and cols.max() - cols.min() == 127
+            assert rows.min() >= 16 and rows.max() < 256 - 16  # DPS's margin
+    if task == "random_inpainting":
+        deleted = float((op.A(torch.ones_like(x))[:, 0] == 0).double().mean())
+        assert abs(deleted - 0.98) < 4 * np.sqrt(0.98 * 0.02 / (2 * 256 * 256))
+    if task == "super_resolution":
+        assert y.shape == (2, 3, 64, 64)
+        torch.testing.assert_close(op.A(torch.ones_like(x)), torch.ones_like(y))  # rows sum to 1
+    if task == "motion_deblur":
+        k = op._params["kernel"]
+        assert k.shape == (2, 61, 61) and not np.allclose(k[0], k[1])
+
+
+def test_dps_motion_kernel_sums_to_one_with_requested_size():
+    for size, seed in ((61, 0), (55, 7)):
+        k = dps_motion_kernel(size, 0.5, seed)
+        assert k.shape == (size, size) and k.min() >= 0 and abs(k.sum() - 1) < 1e-6
+        assert np.array_equal(k, dps_motion_kernel(size, 0.5, seed))
+        assert not np.array_equal(k, dps_motion_kernel(size, 0.5, seed + 1))
+    with pytest.raises(ValueError, match="size 31 < 54 draws no path"):
+        dps_motion_kernel(31, 0.5, 0)
+
+
+def test_paper_config_has_84_cells_and_1000_steps_sharded():
+    cfg = study.check_config(load_config("config/paper.yaml")["ffhq_benchmark"])
+    cells = study.cells(cfg)
+    assert len({(c["task"], c["method"], c["steps"]) for c in cells}) == 84
+    assert {c["shards"] for c in cells if c["steps"] == 1000} == {4} and len(cells) == 56 + 28 * 4
+    idx = [study.shard_indices(100, k, 4) for k in range(4)]
+    assert np.array_equal(np.concatenate(idx), np.arange(100))
+    assert study.cell_name("MMPS (3)") == "MMPS_3"
+    with pytest.raises(ConfigError, match="ffhq_benchmark: unknown key 'chekpoint'"):
+        study.check_config({"methods": METHODS, "chekpoint": "x"})
+
+
+def test_gather_without_checkpoint_writes_na_and_why(tmp_path):
+    cfg = {"methods": METHODS, "steps": [10]}
+    out = [tmp_path / f for f in ("t.csv", "t.md", "t.tex", "i.csv")]
+    df = study.gather(cfg, [], 0, *map(str, out), provenance={"rule": "table4_ffhq"})
+    assert len(df) == 4 * 2 and df["lpips"].isna().all()
+    assert df["status"].str.contains("ffhq_benchmark.checkpoint is not set").all()
+    assert "ffhq_benchmark.checkpoint is not set" in out[1].read_text() and "n/a" in out[1].read_text()
+    paper = pd.read_csv(out[0])
+    assert paper.loc[(paper.method == "DPS") & (paper.task == "box_inpainting"), "paper_lpips"].notna().all()
