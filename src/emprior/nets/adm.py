@@ -274,3 +274,58 @@ def adm_config(image_size: int = 256, model_channels: int = 128, channel_mult: S
                **kw) -> ADMConfig:
     """An :class:`ADMConfig` from plain values (small ones for tests)."""
     return ADMConfig(image_size=image_size, model_channels=model_channels, channel_mult=tuple(channel_mult), **kw)
+
+
+# --- the ADM as a registered network h(x, sigma) of Eq. (26) (Table 5's cost at paper scale) -----------
+
+from emprior.core.registry import option  # noqa: E402
+from emprior.nets.build import NETS, int_list, pos_int  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ADMOptions:
+    model_channels: int = option(128, minimum=32, doc="base channels (multiple of 32)")
+    channel_mult: list[int] = option([1, 1, 2, 2, 4, 4], items={"minimum": 1}, minItems=1,
+                                     doc="channel multiplier per level")
+    num_res_blocks: int = option(1, minimum=1, doc="residual blocks per level")
+    attention_resolutions: list[int] = option([16], items={"minimum": 1}, minItems=1,
+                                              doc="feature-map sizes with self-attention")
+    num_head_channels: int = option(64, minimum=1, doc="channels per attention head")
+
+
+class ADMNoiseNet(nn.Module):
+    """h(x, sigma) = ADMUNet(x, t(sigma))[:, :C]: the ADM conditioned on the continuous VP timestep whose
+    level sqrt((1 - abar_t)/abar_t) is sigma (linear interpolation of log sigma over the 1000 trained
+    levels, clamped at the ends). For Table 5's cost and for training an ADM here; the pretrained
+    ffhq_10m.pt is used through :class:`emprior.priors.adm.ADMDenoiser` instead (exact timesteps)."""
+
+    def __init__(self, cfg: ADMConfig):
+        super().__init__()
+        self.net = ADMUNet(cfg)
+        self.channels = cfg.in_channels
+        from emprior.priors.adm import linear_alphas_cumprod
+
+        abar = torch.as_tensor(linear_alphas_cumprod(), dtype=torch.float64)
+        self.register_buffer("log_sigmas", 0.5 * torch.log((1 - abar) / abar), persistent=False)
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        ls = torch.log(torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1)).expand(x.shape[0])
+        table = self.log_sigmas.to(x.device)
+        i = torch.searchsorted(table, ls.contiguous()).clamp(1, len(table) - 1)
+        w = ((ls - table[i - 1]) / (table[i] - table[i - 1])).clamp(0, 1)
+        t = (i - 1 + w).to(torch.float32)
+        return self.net(x, t)[:, : self.channels]
+
+
+@NETS.register("adm", ADMOptions)
+def build_adm(opts: ADMOptions, x_shape: tuple[int, ...]) -> nn.Module:
+    """:class:`ADMNoiseNet` on square (C, S, S) events (C output channels, no learned variance)."""
+    if len(x_shape) != 3 or x_shape[1] != x_shape[2]:
+        raise ConfigError(f"net config: adm needs square (C, S, S) events, got {x_shape}")
+    cfg = ADMConfig(image_size=x_shape[1], in_channels=x_shape[0], out_channels=x_shape[0],
+                    model_channels=pos_int(opts.model_channels, "model_channels"),
+                    num_res_blocks=pos_int(opts.num_res_blocks, "num_res_blocks"),
+                    channel_mult=int_list(opts.channel_mult, "channel_mult"),
+                    attention_resolutions=int_list(opts.attention_resolutions, "attention_resolutions"),
+                    num_head_channels=pos_int(opts.num_head_channels, "num_head_channels"))
+    return ADMNoiseNet(cfg)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,3 +83,22 @@ def test_full_adm_256_forward():
             p.normal_(0, 0.01)
         out = net(torch.randn(1, 3, 256, 256), torch.tensor([500]))
     assert out.shape == (1, 6, 256, 256) and torch.isfinite(out).all() and out.abs().max() > 0
+
+
+def test_adm_registered_network_builds_a_denoiser_and_maps_sigma_to_timesteps():
+    from emprior.nets import build_denoiser
+    from emprior.priors.adm import linear_alphas_cumprod
+
+    d = build_denoiser({"net": "adm", "model_channels": 32, "channel_mult": [1, 2], "attention_resolutions": [8],
+                        "num_head_channels": 16}, (3, 16, 16))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = d(x, torch.tensor([0.5, 20.0]))
+    torch.testing.assert_close(out, x / (torch.tensor([0.5, 20.0]) ** 2 + 1).view(-1, 1, 1, 1))  # zero-init output
+    abar = linear_alphas_cumprod()
+    seen = []
+    net = d.net
+    net.net.forward = lambda x, t: seen.append(t) or torch.zeros(x.shape[0], 3, *x.shape[2:])
+    s = torch.as_tensor(np.sqrt((1 - abar) / abar)[[0, 37, 999]], dtype=torch.float32)
+    net(x[:1].expand(3, -1, -1, -1), s)
+    torch.testing.assert_close(seen[0], torch.tensor([0.0, 37.0, 999.0]), atol=1e-3, rtol=0)
