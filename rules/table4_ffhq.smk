@@ -7,6 +7,8 @@
 def ffhq_cell_files():
     from emprior.studies.ffhq_table4 import cells, check_config, not_ready
 
+    if "ffhq_benchmark" not in config:
+        return []
     cfg = check_config(config["ffhq_benchmark"])
     if not_ready(cfg):
         return []
@@ -19,6 +21,11 @@ def ffhq_method(wc):
     return next(m for m in config["ffhq_benchmark"]["methods"] if cell_name(m) == wc.slug)
 
 
+wildcard_constraints:
+    steps=r"\d+",
+    shard=r"\d+",
+
+
 rule ffhq_cell:
     output:
         h5=f"{R}/table4_ffhq/{{task}}/{{slug}}/steps_{{steps}}/shard_{{shard}}.h5",
@@ -27,10 +34,10 @@ rule ffhq_cell:
                               "ffhq_benchmark": config["ffhq_benchmark"], "experiments": {}}),
         method=ffhq_method,
     threads: 1
+    # one GPU: slurm/config.yaml's set-resources (as every GPU rule)
     resources:
         mem_mb=lambda wc, attempt: 16000 * attempt,
         runtime=lambda wc, attempt: 240 * attempt,
-        gpu=1,
     conda:
         ENV
     log:

@@ -27,6 +27,7 @@ GPU_RULES = {
     "fid_reference",
     "table4",
     "table5",
+    "ffhq_cell",
 }
 # Rules that must never receive a GPU (login-node localrules and the CPU-light rules).
 NON_GPU_RULES = {
@@ -40,6 +41,7 @@ NON_GPU_RULES = {
     "gather_posterior",
     "gather_prior_samples",
     "fig2",
+    "table4_ffhq",
 }
 
 _spec = importlib.util.spec_from_file_location(
