@@ -46,7 +46,7 @@ TASKS: dict[str, dict[str, Any]] = {  # the MMPS benchmark's four tasks on 256x2
 }
 
 DEFAULTS: dict[str, Any] = {
-    "checkpoint": None, "sha256": None, "images": None, "n_images": 100, "steps": [10, 100, 1000],
+    "checkpoint": None, "sha256": None, "images": None, "n_images": 100, "image_size": 256, "steps": [10, 100, 1000],
     "shards": {1000: 4}, "batch_size": 4, "clip_denoised": True, "sampler": "ddim", "eta": 1.0,
     "lpips_weights_dir": None, "figure_images": 3, "tasks": TASKS, "methods": None,
 }
@@ -61,7 +61,7 @@ def check_config(cfg: Any) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(DEFAULTS)})")
     out = {**DEFAULTS, **cfg}
-    for key in ("n_images", "batch_size", "figure_images"):
+    for key in ("n_images", "image_size", "batch_size", "figure_images"):
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{where}.{key}: must be a positive integer, got {v!r}")
@@ -157,7 +157,7 @@ def run_cell(cfg: dict[str, Any], seed: int, task: str, method: str, steps: int,
     reason = not_ready(cfg)
     if reason:
         raise ConfigError(reason)
-    x = torch.from_numpy(load_ffhq(cfg["images"], cfg["n_images"]))
+    x = torch.from_numpy(load_ffhq(cfg["images"], cfg["n_images"], cfg["image_size"]))
     op, y = observations(cfg, task, x, seed)
     net = load_guided_diffusion(cfg["checkpoint"], sha256=cfg["sha256"], key="ffhq_benchmark.checkpoint",
                                 map_location=device)
@@ -208,7 +208,7 @@ def gather(cfg: dict[str, Any], cell_files: list[str], seed: int, out_csv: str, 
     if reason is None and cell_files:
         from emprior.data.ffhq import load_ffhq
 
-        x = load_ffhq(cfg["images"], cfg["n_images"])
+        x = load_ffhq(cfg["images"], cfg["n_images"], cfg["image_size"])
         model = make_lpips("alex", cfg["lpips_weights_dir"])
         lp_status = model.reason if isinstance(model, MetricUnavailable) else "ok"
         model = None if isinstance(model, MetricUnavailable) else model

@@ -95,3 +95,30 @@ def test_gather_without_checkpoint_writes_na_and_why(tmp_path):
     assert "ffhq_benchmark.checkpoint is not set" in out[1].read_text() and "n/a" in out[1].read_text()
     paper = pd.read_csv(out[0])
     assert paper.loc[(paper.method == "DPS") & (paper.task == "box_inpainting"), "paper_lpips"].notna().all()
+
+
+def test_run_cell_on_a_small_adm_and_score(ffhq_dir, tmp_path, monkeypatch):
+    """One cell end to end on CPU: a small random ADM stands in for ffhq_10m.pt (the real one is not here)."""
+    import emprior.nets.adm as adm
+
+    small = adm.adm_config(image_size=32, model_channels=32, channel_mult=(1, 1, 1), attention_resolutions=(8,),
+                           num_head_channels=32)
+    torch.manual_seed(0)
+    net = adm.ADMUNet(small)
+    with torch.no_grad():
+        for p in net.out.parameters():
+            p.normal_(0, 0.01)
+    ck = tmp_path / "ck.pt"
+    torch.save(net.state_dict(), ck)
+    load = adm.load_guided_diffusion
+    monkeypatch.setattr(adm, "load_guided_diffusion", lambda path, **kw: load(path, cfg=small, **kw))
+    cfg = {"checkpoint": str(ck), "images": str(ffhq_dir), "n_images": 3, "image_size": 32, "steps": [3], "shards": {3: 2},
+           "batch_size": 2, "methods": METHODS,
+           "tasks": {"random_inpainting": {"operator": "pixel_mask", "options": {"deleted": 0.9}, "noise_std": 0.1}}}
+    out = study.run_cell(cfg, 0, "random_inpainting", "DPS", 3, 0, device="cpu")
+    again = study.run_cell(cfg, 0, "random_inpainting", "DPS", 3, 0, device="cpu")
+    other = study.run_cell(cfg, 0, "random_inpainting", "MMPS (3)", 3, 1, device="cpu")
+    assert list(out["index"]) == [0, 1] and out["samples"].shape == (2, 3, 32, 32) and list(other["index"]) == [2]
+    assert np.array_equal(out["samples"], again["samples"]) and np.abs(out["samples"]).max() <= 1
+    df = study.score(out["samples"], load_ffhq(ffhq_dir, n=2, size=32), None)
+    assert df["psnr"].between(0, 60).all() and df["ssim"].between(-1, 1).all() and df["lpips"].isna().all()
