@@ -122,3 +122,17 @@ def test_run_cell_on_a_small_adm_and_score(ffhq_dir, tmp_path, monkeypatch):
     assert np.array_equal(out["samples"], again["samples"]) and np.abs(out["samples"]).max() <= 1
     df = study.score(out["samples"], load_ffhq(ffhq_dir, n=2, size=32), None)
     assert df["psnr"].between(0, 60).all() and df["ssim"].between(-1, 1).all() and df["lpips"].isna().all()
+    # the gather reads cell files as the ffhq-cell command writes them
+    from emprior.core.artifacts import save_h5
+
+    files = []
+    for name, res, method in (("a.h5", out, "DPS"), ("b.h5", other, "MMPS (3)")):
+        save_h5(tmp_path / name, {"samples": res["samples"], "index": res["index"]},
+                attrs={"task": "random_inpainting", "method": method, "steps": 3, "shard": 0})
+        files.append(str(tmp_path / name))
+    paths = [tmp_path / f for f in ("t.csv", "t.md", "t.tex", "i.csv")]
+    table = study.gather(cfg, files, 0, *map(str, paths))
+    per = pd.read_csv(paths[3])
+    assert len(per) == 3 and set(per["method"]) == {"DPS", "MMPS (3)"}
+    assert table.loc[table.method == "DPS", "psnr"].item() == pytest.approx(df["psnr"].mean())
+    assert (table["status"] == "ok").all()
