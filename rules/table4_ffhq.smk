@@ -57,6 +57,7 @@ rule table4_ffhq:
         md=f"{R}/tables/table4_ffhq.md",
         tex=f"{R}/tables/table4_ffhq.tex",
         images=f"{R}/tables/table4_ffhq_images.csv",
+        figures=directory(f"{R}/figures/table4_ffhq"),  # Figs. 17-19: one PNG per task (empty when n/a)
     params:
         cfg=lambda wc: _dump({"seed": config["seed"], "results": R, "ffhq_benchmark": config["ffhq_benchmark"],
                               "experiments": {}}),
@@ -72,4 +73,5 @@ rule table4_ffhq:
         f"{R}/benchmarks/table4_ffhq.tsv"
     shell:
         "{PY} table4-ffhq --config {params.cfg} --out-csv {output.csv} --out-md {output.md}"
-        " --out-tex {output.tex} --out-images {output.images} {input.cells} > {log} 2>&1"
+        " --out-tex {output.tex} --out-images {output.images} --out-figures {output.figures}"
+        " {input.cells} > {log} 2>&1"

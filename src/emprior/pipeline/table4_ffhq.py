@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from emprior.core.job import Job
 from emprior.core.rng import derive_seed
@@ -27,7 +28,8 @@ def ffhq_cell(job: Job, out_h5: str, task: str, method: str, steps: int, shard: 
 
 
 @command("table4-ffhq")
-def table4_ffhq(job: Job, out_csv: str, out_md: str, out_tex: str, out_images: str, cells: list[str]) -> None:
+def table4_ffhq(job: Job, out_csv: str, out_md: str, out_tex: str, out_images: str, out_figures: str,
+                cells: list[str] = ()) -> None:
     """rule table4_ffhq: gather the FFHQ Table 4 cells (LPIPS/PSNR/SSIM beside the paper), or n/a and why"""
     from emprior.nets.adm import file_sha256
     from emprior.studies import ffhq_table4 as study
@@ -37,5 +39,8 @@ def table4_ffhq(job: Job, out_csv: str, out_md: str, out_tex: str, out_images: s
     if study.not_ready(cfg) is None:
         extra = {"checkpoint_sha256": file_sha256(cfg["checkpoint"]),
                  "images": study.image_manifest(cfg["images"], cfg["n_images"])}
-    study.gather(cfg, cells, derive_seed(job.seed, "table4_ffhq"), out_csv, out_md, out_tex, out_images,
-                 job.provenance("table4_ffhq", **extra))
+    seed = derive_seed(job.seed, "table4_ffhq")
+    cells = list(cells)
+    study.gather(cfg, cells, seed, out_csv, out_md, out_tex, out_images, job.provenance("table4_ffhq", **extra))
+    Path(out_figures).mkdir(parents=True, exist_ok=True)
+    study.figures(cfg, cells, seed, out_figures)

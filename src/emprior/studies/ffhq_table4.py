@@ -240,8 +240,44 @@ def gather(cfg: dict[str, Any], cell_files: list[str], seed: int, out_csv: str, 
     shown = table.copy()
     for c in ("lpips", "psnr", "ssim"):
         shown[c] = [f"{v:.3g}" if np.isfinite(v) else "n/a" for v in shown[c].astype(float)]
+    if reason is not None:  # one reason for every row: said once below the table
+        shown = shown.drop(columns=["status", "lpips_status"])
     note = "" if reason is None else f"\n\n{reason}\n"
     prov = "" if provenance is None else f"\n\n<!-- provenance: {json.dumps(provenance, default=str)} -->\n"
     Path(out_md).write_text("# Table 4 (FFHQ-256, DPS ADM)\n\n" + shown.to_markdown(index=False) + note + prov)
     Path(out_tex).write_text(shown.to_latex(index=False, escape=True))
     return table
+
+
+def figures(cfg: dict[str, Any], cell_files: list[str], seed: int, out_dir: str, steps: int | None = None
+            ) -> list[Path]:
+    """One sample figure per task (Figs. 17-19): the first ``figure_images`` images, at ``steps``
+    (default: the largest step count); nothing without cells."""
+    from emprior.core.artifacts import load_h5
+    from emprior.data.ffhq import load_ffhq
+    from emprior.report.ffhq_figures import sample_figure
+
+    cfg = check_config(cfg)
+    if not cell_files or not_ready(cfg):
+        return []
+    steps = max(cfg["steps"]) if steps is None else steps
+    rows = np.arange(min(cfg["figure_images"], cfg["n_images"]))
+    x = torch.from_numpy(load_ffhq(cfg["images"], cfg["n_images"], cfg["image_size"]))
+    got: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+    for f in cell_files:
+        arrays, attrs = load_h5(f)
+        if int(attrs["steps"]) != steps:
+            continue
+        per = got.setdefault(attrs["task"], {}).setdefault(attrs["method"], {})
+        per.update({int(i): s for i, s in zip(arrays["index"], arrays["samples"])})
+    out = []
+    for task, by_method in got.items():
+        op, y = observations(cfg, task, x, seed)
+        seen = op.At(y).numpy()
+        if seen.shape != x.shape:  # pragma: no cover - every task's adjoint maps back to image space
+            continue
+        samples = {m: np.stack([by_method[m][int(i)] for i in rows]) for m in cfg["methods"]
+                   if m in by_method and all(int(i) in by_method[m] for i in rows)}
+        out.append(sample_figure(x[rows].numpy(), seen[rows], samples, Path(out_dir) / f"table4_ffhq_{task}.png",
+                                 f"FFHQ-256, {task}, {steps} steps (one sample per method)"))
+    return out

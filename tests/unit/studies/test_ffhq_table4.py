@@ -136,3 +136,5 @@ def test_run_cell_on_a_small_adm_and_score(ffhq_dir, tmp_path, monkeypatch):
     assert len(per) == 3 and set(per["method"]) == {"DPS", "MMPS (3)"}
     assert table.loc[table.method == "DPS", "psnr"].item() == pytest.approx(df["psnr"].mean())
     assert (table["status"] == "ok").all()
+    pngs = study.figures(cfg, files, 0, str(tmp_path / "fig"))
+    assert [p.name for p in pngs] == ["table4_ffhq_random_inpainting.png"] and pngs[0].stat().st_size > 1000
