@@ -15,6 +15,26 @@ from emprior.operators.base import (LinearOperator, OperatorError, draw_option, 
                                     register)
 
 
+def _reflect_pad(x: torch.Tensor, c: int) -> torch.Tensor:
+    """Mirror padding by c on the last two axes without repeating the edge (torch's "reflect")."""
+    return F.pad(x, (c, c, c, c), mode="reflect") if c > 0 else x
+
+
+def _fold(z: torch.Tensor, c: int, dim: int) -> torch.Tensor:
+    """Adjoint of reflect padding by c along ``dim``: x[1..c] += flip(left), x[n-1-c..n-2] += flip(right)."""
+    if c == 0:
+        return z
+    n = z.shape[dim] - 2 * c
+    left, mid, right = z.narrow(dim, 0, c), z.narrow(dim, c, n).clone(), z.narrow(dim, c + n, c)
+    mid.narrow(dim, 1, c).add_(left.flip(dim))
+    mid.narrow(dim, n - 1 - c, c).add_(right.flip(dim))
+    return mid
+
+
+def _reflect_pad_adjoint(z: torch.Tensor, c: int) -> torch.Tensor:
+    return _fold(_fold(z, c, -1), c, -2)
+
+
 def gaussian_kernel(size: int, std: float) -> np.ndarray:
     """Isotropic Gaussian k_ab proportional to exp(-((a - c)^2 + (b - c)^2) / (2 std^2)), c = (size - 1) / 2,
     normalised to sum 1; shape (size, size), float64."""
@@ -125,7 +145,8 @@ def dps_motion_kernel(size: int, intensity: float, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class BlurOptions:
-    padding: Literal["zero", "circular"] = option("zero", doc="boundary: zeros outside the image, or periodic")
+    padding: Literal["zero", "circular", "reflect"] = option(
+        "zero", doc="boundary: zeros outside the image, periodic, or mirrored without edge repeat (DPS)")
     kernel: Literal["motion", "gaussian", "dps_motion"] = draw_option(
         "motion", doc="random camera shake, fixed Gaussian, or DPS's motionblur-package kernel (Table 4 FFHQ)")
     size: int = draw_option(61, minimum=1, doc="odd kernel side K")
@@ -156,9 +177,12 @@ class BlurOperator(LinearOperator):
                                 f"got {fmt_shape(k.shape)}")
         if k.dtype.kind != "f" or not np.isfinite(k).all():
             raise OperatorError(f"{self.kind}: parameter 'kernel' must be finite floats")
-        if self.options["padding"] not in ("zero", "circular"):
-            raise OperatorError(f"{self.kind}: option padding must be 'zero' or 'circular', "
+        if self.options["padding"] not in ("zero", "circular", "reflect"):
+            raise OperatorError(f"{self.kind}: option padding must be 'zero', 'circular' or 'reflect', "
                                 f"got {self.options['padding']!r}")
+        if self.options["padding"] == "reflect" and k.shape[1] // 2 >= min(h, w):
+            raise OperatorError(f"{self.kind}: reflect padding needs K // 2 < min(H, W), got K={k.shape[1]} "
+                                f"for {h}x{w}")
         if self.options["padding"] == "circular" and k.shape[1] > min(h, w):
             raise OperatorError(f"{self.kind}: circular padding needs K <= min(H, W), got K={k.shape[1]} "
                                 f"for {h}x{w}")
@@ -166,7 +190,7 @@ class BlurOperator(LinearOperator):
     def _grid(self) -> tuple[int, int]:
         _, h, w = self.x_shape
         K = self._params["kernel"].shape[1]
-        return (h + K - 1, w + K - 1) if self.options["padding"] == "zero" else (h, w)
+        return (h + K - 1, w + K - 1) if self.options["padding"] != "circular" else (h, w)
 
     def _tensors(self, dtype, device):
         k = torch.as_tensor(self._params["kernel"], device=device).to(dtype)     # (n, K, K)
@@ -185,6 +209,10 @@ class BlurOperator(LinearOperator):
         if self.options["padding"] == "circular":
             return torch.fft.irfft2(torch.fft.rfft2(x) * p["kernel_fft"], s=L)
         c = self._params["kernel"].shape[1] // 2
+        if self.options["padding"] == "reflect":
+            # mirror-pad by c, circular convolution on the (H + 2c) grid: no wrap in the valid part
+            full = torch.fft.irfft2(torch.fft.rfft2(_reflect_pad(x, c)) * p["kernel_fft"], s=L)
+            return full[..., 2 * c:2 * c + h, 2 * c:2 * c + w]
         xp = F.pad(x, (0, L[1] - w, 0, L[0] - h))
         full = torch.fft.irfft2(torch.fft.rfft2(xp) * p["kernel_fft"], s=L)
         return full[..., c:c + h, c:c + w]
@@ -195,6 +223,10 @@ class BlurOperator(LinearOperator):
         if self.options["padding"] == "circular":
             return torch.fft.irfft2(torch.fft.rfft2(y) * p["kernel_fft"].conj(), s=L)
         c = self._params["kernel"].shape[1] // 2
+        if self.options["padding"] == "reflect":
+            yp = F.pad(y, (2 * c, 0, 2 * c, 0))
+            full = torch.fft.irfft2(torch.fft.rfft2(yp) * p["kernel_fft"].conj(), s=L)
+            return _reflect_pad_adjoint(full, c)
         yp = F.pad(y, (c, L[1] - w - c, c, L[0] - h - c))
         full = torch.fft.irfft2(torch.fft.rfft2(yp) * p["kernel_fft"].conj(), s=L)
         return full[..., :h, :w]

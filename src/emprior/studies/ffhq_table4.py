@@ -40,7 +40,8 @@ __all__ = ["DEFAULTS", "TASKS", "cell_name", "cells", "check_config", "gather", 
 TASKS: dict[str, dict[str, Any]] = {  # the MMPS benchmark's four tasks on 256x256 FFHQ
     "box_inpainting": {"operator": "box_mask", "options": {"box": 128, "margin": 16}, "noise_std": 1.0},
     "random_inpainting": {"operator": "pixel_mask", "options": {"deleted": 0.98}, "noise_std": 0.01},
-    "motion_deblur": {"operator": "blur", "options": {"kernel": "dps_motion", "size": 61, "intensity": 0.5},
+    "motion_deblur": {"operator": "blur", "options": {"kernel": "dps_motion", "size": 61, "intensity": 0.5,
+                                                   "padding": "reflect"},
                       "noise_std": 0.1},
     "super_resolution": {"operator": "downsample", "options": {"factor": 4}, "noise_std": 0.1},
 }
