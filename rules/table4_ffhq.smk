@@ -21,12 +21,10 @@ def ffhq_method(wc):
     return next(m for m in config["ffhq_benchmark"]["methods"] if cell_name(m) == wc.slug)
 
 
-wildcard_constraints:
-    steps=r"\d+",
-    shard=r"\d+",
-
-
 rule ffhq_cell:
+    wildcard_constraints:
+        steps=r"\d+",
+        shard=r"\d+",
     output:
         h5=f"{R}/table4_ffhq/{{task}}/{{slug}}/steps_{{steps}}/shard_{{shard}}.h5",
     params:
