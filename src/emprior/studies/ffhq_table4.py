@@ -70,7 +70,7 @@ def check_config(cfg: Any) -> dict[str, Any]:
     if not isinstance(steps, list) or not steps or any(isinstance(s, bool) or not isinstance(s, int)
                                                       or not 1 <= s <= 1000 for s in steps):
         raise ConfigError(f"{where}.steps: must be a list of integers in [1, 1000], got {steps!r}")
-    shards = {int(k): v for k, v in (out["shards"] or {}).items()}
+    shards = {int(k): v for k, v in (out["shards"] or {}).items() if int(k) in steps}  # others are unused
     for k, v in shards.items():
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= out["n_images"]:
             raise ConfigError(f"{where}.shards.{k}: must be an integer in [1, n_images], got {v!r}")
