@@ -24,6 +24,7 @@ include: "rules/em.smk"
 include: "rules/evaluate.smk"
 include: "rules/benchmark.smk"
 include: "rules/report.smk"
+include: "rules/table4_ffhq.smk"
 
 
 localrules: all

@@ -29,6 +29,8 @@ def report_targets():
         targets += [f"{R}/tables/sampler_accuracy.{ext}" for ext in ("csv", "md")]
     if "cost_benchmark" in config:
         targets += [f"{R}/tables/table5.{ext}" for ext in ("csv", "md")]
+    if "ffhq_benchmark" in config:
+        targets += [f"{R}/tables/table4_ffhq.{ext}" for ext in ("csv", "md", "tex")]
     if "table1" in config.get("tables", {}):
         targets += [f"{R}/tables/table1.{ext}" for ext in ("csv", "md", "tex")]
         for exp_name in config["tables"]["table1"]["experiments"]:

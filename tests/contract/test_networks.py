@@ -6,7 +6,7 @@ import torch
 
 from emprior.nets import NETS, build_denoiser
 
-SHAPES = [(1, 8, 8), (3, 16, 16), (5,)]
+SHAPES = [(1, 8, 8), (3, 16, 16), (5,), (3, 32, 32)]  # 32x32: the ADM's 6 levels (5 halvings)
 
 
 @pytest.mark.parametrize("name", NETS.names())

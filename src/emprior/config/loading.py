@@ -169,7 +169,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
                               f"({ev['n_samples']}): every shard draws at least one sample")
         check_iterations(exp, f"{source}: {where}")
         _check_plugins(exp, f"{source}: {where}")
-    for section in ("sampler_benchmark", "cost_benchmark"):
+    for section in ("sampler_benchmark", "cost_benchmark", "ffhq_benchmark"):
         _check_posterior_specs(config.get(section, {}).get("methods", {}), f"{source}: {section}.methods")
     table1 = config.get("tables", {}).get("table1")
     for name in (table1 or {}).get("experiments", []):
@@ -234,7 +234,7 @@ def job_config(config: dict[str, Any], experiment_name: str | None = None, varia
                                      "plugins", "metrics")
                            if k in config and k not in drop}
     if experiment_name is None:
-        for key in ("fig2", "tables", "sampler_benchmark", "cost_benchmark"):
+        for key in ("fig2", "tables", "sampler_benchmark", "cost_benchmark", "ffhq_benchmark"):
             if key in config and key not in drop:
                 out[key] = copy.deepcopy(config[key])
         out["experiments"] = copy.deepcopy(config["experiments"])

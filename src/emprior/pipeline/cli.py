@@ -23,7 +23,7 @@ from emprior.core.preempt import EXIT_PREEMPTED
 from emprior.pipeline.commands import COMMANDS, Command
 
 # the modules whose functions are the rule commands
-MODULES = ("data", "em", "evaluate", "report", "plan")
+MODULES = ("data", "em", "evaluate", "report", "plan", "table4_ffhq")
 
 
 def load_any_config(path: str) -> dict[str, Any]:
@@ -53,7 +53,8 @@ def _arguments(cmd: Command) -> list[tuple[str, dict[str, Any]]]:
     for name, param in list(sig.parameters.items())[1:]:
         tp = hints.get(name, str)
         if typing.get_origin(tp) is list:
-            out.append((name, {"nargs": "+"}))
+            # a list with a default may be empty (e.g. table4-ffhq without cells)
+            out.append((name, {"nargs": "*" if param.default is not inspect.Parameter.empty else "+"}))
             continue
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         base = args[0] if args else tp

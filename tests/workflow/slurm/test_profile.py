@@ -28,6 +28,7 @@ GPU_RULES = {
     "table4",
     "sampler_accuracy",
     "table5",
+    "ffhq_cell",
 }
 # Rules that must never receive a GPU (login-node localrules and the CPU-light rules).
 NON_GPU_RULES = {
@@ -41,6 +42,7 @@ NON_GPU_RULES = {
     "gather_posterior",
     "gather_prior_samples",
     "fig2",
+    "table4_ffhq",
 }
 
 _spec = importlib.util.spec_from_file_location(
