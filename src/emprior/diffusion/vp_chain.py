@@ -80,8 +80,3 @@ class VPChain:
             raise ValueError(f"steps: must be a positive integer, got {steps!r}")
         return torch.tensor([self.sigma(t) for t in self.timesteps(steps)], dtype=torch.float64)
 
-
-def abar_of_sigma(sigma: torch.Tensor | float, data_scale: float) -> torch.Tensor:
-    """abar = 1 / (1 + (sigma / data_scale)^2), the inverse of the VE level of a VP timestep."""
-    s = torch.as_tensor(sigma, dtype=torch.float64) / data_scale
-    return 1.0 / (1.0 + s * s)
