@@ -63,7 +63,8 @@ RECONSTRUCTIONS = ("png", "clip", "raw")
 def stored_reconstructions(x, how: str = "png", data_scale: float = 2.0):
     """The E-step samples as the M-step reads them. ``"png"`` (reference): each image min-max scaled to
     [0, 1] (util/img_utils.py:53-57), rounded down to 8 bits (matplotlib's imsave), mapped back to
-    [-d, d]; a constant image (NaN in the reference) becomes mid-range. ``"clip"``: clamped to [-d, d]. ``"raw"``: unchanged."""
+    [-d, d]; a constant image (NaN in the reference) becomes mid-range. ``"clip"``: clamped to [-d, d].
+    ``"raw"``: unchanged."""
     import torch
 
     if how == "raw":
@@ -75,7 +76,8 @@ def stored_reconstructions(x, how: str = "png", data_scale: float = 2.0):
     flat = x.reshape(len(x), -1)
     lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
     span = hi - lo
-    v = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.full_like(flat, 0.5))
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    v = torch.where(span > 0, (flat - lo) / safe, torch.full_like(flat, 0.5))
     q = torch.floor(v * 255.0) / 255.0
     return (data_scale * (2.0 * q - 1.0)).reshape(x.shape)
 
@@ -135,7 +137,8 @@ class EMDiffusion(EMMethod):
         for name, allowed in (("norm", ("batch", "sample")), ("guidance_per", ("step", "vp_step")),
                               ("reconstructions", RECONSTRUCTIONS), ("continue_from", ("ema", "raw"))):
             if getattr(self.options, name) not in allowed:
-                raise ConfigError(f"{where}.{name}: must be one of {list(allowed)}, got {getattr(self.options, name)!r}")
+                got = getattr(self.options, name)
+                raise ConfigError(f"{where}.{name}: must be one of {list(allowed)}, got {got!r}")
         n = (self.exp.get("dataset") or {}).get("n")
         if self.options.clean_subset is None and not isinstance(n, int):
             raise ConfigError(f"{where}.clean_fraction: the dataset has no n to take a fraction of; "
@@ -223,8 +226,8 @@ class EMDiffusion(EMMethod):
         data = stored_reconstructions(data, self.options.reconstructions, float(self.options.data_scale))
         if previous is not None and self.options.continue_from == "ema":
             # denoiser_mstep starts from checkpoint["raw_weights"]: hand it the EMA weights instead
-            previous = SimpleNamespace(kind=previous.kind,
-                                       checkpoint={**previous.checkpoint, "raw_weights": previous.checkpoint["weights"]})
+            ckpt = {**previous.checkpoint, "raw_weights": previous.checkpoint["weights"]}
+            previous = SimpleNamespace(kind=previous.kind, checkpoint=ckpt)
         return denoiser_mstep(job, data, previous, resume_path)
 
     # -- report -------------------------------------------------------------------------------------
