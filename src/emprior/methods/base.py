@@ -67,6 +67,12 @@ class EMMethod:
         """The posterior denoiser E[x | x_t, y] the E-step samples with, for one block of observations."""
         raise NotImplementedError(f"{type(self).__name__} has no E-step")
 
+    def estep_chain(self, schedule: Any, est: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The noise levels (an object with ``discretize(steps)`` and ``sigma_max``, e.g. the experiment's
+        :class:`~emprior.diffusion.schedule.Schedule`) and ``estep`` settings the E-step samples with.
+        Default: the experiment's own."""
+        return schedule, est
+
     # -- stage: mstep --------------------------------------------------------------------------
     def uses_previous(self, iteration: int) -> bool:
         """Whether iteration ``iteration``'s M-step starts from iter_{k-1}/model.pt."""

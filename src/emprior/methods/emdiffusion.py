@@ -1,62 +1,48 @@
 """EMDiffusion (Bai, Wang, Chen & Sun 2024, "An Expectation-Maximization Algorithm for Training Clean
-Diffusion Models from Corrupted Observations") as an EM-method plug-in.
+Diffusion Models from Corrupted Observations") as an EM-method plug-in, run as its official code runs it
+(weiminbai/EMDiffusion @ 4f56e4620fb77bb36455c323399846783f65a7f6; docs/peers.md, "EMDiffusion
+fidelity", lists every component with file:line and each departure).
 
-The paper, in the terms of this suite:
-
-- q_0 is a diffusion model trained on a *small clean subset* (default 50 images; the ablation, Fig. 5a,
-  uses 10 to 500). Here: the experiment's ``denoiser`` net trained by denoising score matching (the
-  M-step machinery, :func:`~emprior.methods.stages.denoiser_mstep`) on ``clean_subset`` images of
-  clean.h5 drawn without replacement from the stream ``(seed, experiment, variant, "clean_subset")``,
-  for ``init_steps`` steps (default: the experiment's ``mstep`` budget). The drawn positions are stored
-  in iter_000/model.pt as ``ckpt["clean_subset"]`` (a list of ints) so an audit can see which clean
-  images the method saw; Table 1 counts them (:meth:`EMDiffusion.clean_data`).
-- E-step: DPS (Chung et al. 2023; gradient of the non-squared residual norm, as their code and
-  :class:`~emprior.posterior.dps.DPS`) with a guidance weight that is *decreased* over the EM stages:
-  the paper's Fig. 5c finds the best weight falls as the prior improves (a weak q_0 trained on 50
-  images mode-collapses onto its training set unless the likelihood is weighted up, Fig. 2).
-  ``guidance`` is the per-stage schedule: EM iteration k uses ``guidance[min(k, len) - 1]``
-  (:meth:`EMDiffusion.guidance_at`), i.e. the last value from then on.
-- M-step: DSM continuing from the previous weights at every iteration (``uses_previous(k)`` for all
-  k >= 1: q_0 is already a denoiser), with the experiment's ``mstep`` settings.
+- q_0: a diffusion model trained on a *small clean subset*: the paper's 50 of CIFAR-10's 50 000
+  images (0.1 %; its ablation, Fig. 5a, 10 to 500: 0.02 % to 1 %). Here ``clean_fraction`` of the
+  clean data (default 0.001; ``clean_subset`` gives a count instead), drawn without replacement from
+  the stream ``(seed, experiment, variant, "clean_subset")``, trained by DSM for ``init_steps``
+  (default: the experiment's ``mstep`` budget). The positions are stored in iter_000/model.pt as
+  ``ckpt["clean_subset"]``; Table 1 counts them (:meth:`EMDiffusion.clean_data`).
+- E-step: DPS as the reference's ``sample_condition.py`` runs it (:class:`~emprior.posterior.dps_vp.DPSVP`):
+  the DDPM chain of 1000 linear-beta VP steps (``steps``, timestep_respacing) walked by the suite's
+  DDPM sampler on the chain's VE levels (:meth:`EMDiffusion.estep_chain`), a constant DPS step
+  ``scale`` per VP step translated exactly at every level, the residual norm over batches of
+  ``batch`` = 250 samples (e-step.sh's --batch_size), x_hat clipped to the data range (clip_denoised).
+  ``guidance`` is the scale per EM stage: iteration k uses ``guidance[min(k, len) - 1]``
+  (:meth:`EMDiffusion.guidance_at`). Default [20, 10, 7]: 20 is the scale of the config e-step.sh
+  runs (configs_ddpm/inpainting_128.yaml:4), 10 and 7 those of the repository's other CIFAR-10
+  inpainting configs (ablation.yaml:4, inpainting_cifar.yaml:4); the paper (Fig. 5c) finds the best
+  scale falls as EM proceeds but its code sets one scale per run, so the order by stage is our reading.
+- The batch norm couples the samples of a batch. Batches are groups of ``batch`` consecutive
+  observations within an E-step block (``estep.block_size``); blocks are fixed whatever the shard
+  count, so shards do not change samples. A block smaller than ``batch`` is one batch.
+- M-step: DSM on the reconstructions as the reference stores them (``reconstructions="png"``:
+  ``plt.imsave(clear_color(x))``, sample_condition.py:179 and util/img_utils.py:45-57, i.e. each
+  image min-max scaled to the full range and rounded down to 8 bits, read back by
+  cifar_dataset.py:48-57 and mapped to [-1, 1], denoiser_diffusion.py:124-128), continuing from the
+  previous *EMA* weights (denoiser_diffusion.py:163 loads the model file the previous run saved,
+  which is its EMA model, line 241), with a fresh optimizer and EMA, as ``continue_from="ema"``.
 - ``estep_fraction`` < 1 samples the posterior of a seeded random subset of the observations at each
-  iteration (:meth:`EMDiffusion.estep_subset`); the M-step then trains on those samples only.
+  iteration (:meth:`EMDiffusion.estep_subset`; the reference samples slices of 2500, sample_condition.py:131).
 
-How the stage reaches the posterior. :meth:`EMMethod.posterior` receives no job, so the E-step's
-iteration is taken from :meth:`estep_subset`, which the pipeline (:func:`emprior.pipeline.em.estep`)
-calls with the job before it builds any posterior: it stores ``job.iteration`` on the method, and
-:meth:`posterior` builds ``DPS(zeta=guidance_at(iteration))``. A posterior asked for before any
-``estep_subset`` call is an error rather than a silent default. The zeta used is also put into the
-posterior's ``stats`` (``"zeta"``), which the E-step writes into each shard's ``solver`` attributes,
-so posterior.h5 records the guidance it was drawn with.
-
-Default guidance and its scale. This suite's DPS is a VE posterior *denoiser*:
-E[x | x_t, y] ~ x_hat + sigma^2 zeta J^T A^T u (u the unit residual), which the DDPM sampler turns into
-a move of zeta (sigma_t^2 - sigma_{t-1}^2) J^T A^T u per step, i.e. about 2 zeta sigma^2 per unit of
-log sigma. The paper's code moves x^VP by ``scale`` grad ||y - A x_hat|| per step of a 1000-step linear-beta
-VP chain on [-1, 1] images; in VE coordinates that is scale (1 + sigma^2) J^T A^T u per step, and
-per unit of log sigma scale (1 + sigma^2) / (beta_t / (2 (1 - abar_t))). No constant zeta matches a
-constant VP scale at every noise level (the VP step is a zeta growing like 1/sigma^2 as sigma -> 0), so
-:func:`vp_scale_to_zeta` matches the two pushes per unit log sigma at one reference level, sigma = 1
-on the paper's [-1, 1] scale (sigma = 2 on the [-2, 2] scale of this suite's images), where the image's
-content is decided; the data scale enters as a factor ``data_scale`` (2) on the move. For the paper's
-scale 7 that gives zeta ~ 840 on a 48-step grid and ~ 700 on a 256-step one. Since the move is along
-the *unit* residual, its size per measured pixel goes like zeta / sqrt(m): CIFAR-10 at 75 % deleted
-measures m = 768 entries, the 8x8 digits 16, so the same per-pixel push is about sqrt(48) ~ 7 times
-smaller a zeta on digits (700 / 7 ~ 100). That is what the default uses, checked on the digits CPU
-preset (48 DDPM steps, q_0 trained on 50 clean digits for the preset's 800 DSM steps, 250 observations,
-pixels in [-2, 2]): zeta = 10 / 30 / 100 / 300 / 840 gave measured-pixel MSE 0.032 / 0.014 / 0.0018 /
-1e-4 / < 1e-4 and max |x| 3.8 / 4.2 / 5.8 / 7.3 / 10.1, with the unmeasured-pixel MSE rising as 1.18 /
-1.24 / 1.54 / 2.04 / 2.48 (the clean images' variance: 2.34): from about 100 on, DPS fits y at the price
-of artefacts off the data range. The default schedule is therefore [100, 50, 25]: the first stage, whose
-q_0 is the weakest (and, weighted too little, copies its training images: the paper's Fig. 2), fits y
-closely; later stages halve the weight, as the paper's decreasing weights do.
+How the stage reaches the posterior: :meth:`EMMethod.posterior` receives no job, so the E-step's
+iteration is taken from :meth:`estep_subset`, which the pipeline calls with the job before it builds
+any posterior. A posterior asked for before any ``estep_subset`` call is an error. The scale used
+goes into the posterior's ``stats`` (``"scale"``) and so into each shard's ``solver`` attributes.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import numpy as np
 
@@ -69,44 +55,59 @@ from emprior.methods.stages import denoiser_mstep
 
 log = get_logger("emprior.methods.emdiffusion")
 
-# first-stage DPS weight of the default schedule (see the module docstring for how it was chosen)
-DEFAULT_ZETA = 100.0
+# the reference's DPS scale per EM stage (see the module docstring)
+DEFAULT_GUIDANCE = [20.0, 10.0, 7.0]
+RECONSTRUCTIONS = ("png", "clip", "raw")
 
 
-def vp_scale_to_zeta(scale: float, sigma: float = 1.0, data_scale: float = 2.0, steps: int = 48,
-                     sigma_min: float = 1e-3, sigma_max: float = 100.0, beta_min: float = 1e-4,
-                     beta_max: float = 0.02, vp_steps: int = 1000) -> float:
-    """The constant VE zeta of :class:`~emprior.posterior.dps.DPS` whose push per unit of log sigma, at
-    noise level ``sigma`` (on the paper's [-1, 1] image scale), equals that of a DPS step ``scale`` in
-    a ``vp_steps``-step linear-beta VP chain (the DPS / EMDiffusion code), with this suite's images
-    ``data_scale`` times larger and the exponential VE grid of ``steps`` steps."""
-    # VP chain: abar_t = prod (1 - beta_i); find the step whose sigma^2 = (1 - abar)/abar crosses sigma^2
-    betas = np.linspace(beta_min, beta_max, vp_steps)
-    abar = np.cumprod(1.0 - betas)
-    sig2 = (1.0 - abar) / abar
-    t = int(np.clip(np.searchsorted(sig2, sigma**2), 0, vp_steps - 1))
-    dlog_sigma = 0.5 * betas[t] / (1.0 - abar[t])  # |d log sigma| per VP step
-    vp_push = data_scale * scale * (1.0 + sigma**2) / dlog_sigma  # per unit log sigma, this suite's scale
-    log_rho = (math.log(sigma_min) - math.log(sigma_max)) / steps  # log(sigma_{t-1} / sigma_t) < 0
-    s = data_scale * sigma
-    ve_push_per_zeta = s**2 * (1.0 - math.exp(2 * log_rho)) / (-log_rho)
-    return float(vp_push / ve_push_per_zeta)
+def stored_reconstructions(x, how: str = "png", data_scale: float = 2.0):
+    """The E-step samples as the M-step reads them. ``"png"`` (reference): each image min-max scaled to
+    [0, 1] (util/img_utils.py:53-57), rounded down to 8 bits (matplotlib's imsave), mapped back to
+    [-d, d]; a constant image (NaN in the reference) becomes mid-range. ``"clip"``: clamped to [-d, d].
+    ``"raw"``: unchanged."""
+    import torch
+
+    if how == "raw":
+        return x
+    if how == "clip":
+        return x.clamp(-data_scale, data_scale)
+    if how != "png":
+        raise ValueError(f"reconstructions: must be one of {RECONSTRUCTIONS}, got {how!r}")
+    flat = x.reshape(len(x), -1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    span = hi - lo
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    v = torch.where(span > 0, (flat - lo) / safe, torch.full_like(flat, 0.5))
+    q = torch.floor(v * 255.0) / 255.0
+    return (data_scale * (2.0 * q - 1.0)).reshape(x.shape)
 
 
 @dataclass(frozen=True)
 class EMDiffusionOptions:
-    clean_subset: int = option(50, minimum=1, doc="clean images q_0 is trained on (paper: 50; ablation 10-500)")
+    clean_fraction: float = option(0.001, exclusiveMinimum=0, maximum=1,
+                                   doc="fraction of the clean data q_0 is trained on (paper: 50 of 50 000)")
+    clean_subset: int | None = option(None, minimum=1, doc="clean images q_0 is trained on (overrides clean_fraction)")
     init_steps: int | None = option(None, minimum=1,
                                     doc="DSM steps of q_0 on the clean subset (default: the experiment's mstep budget)")
-    guidance: list[float] = option([DEFAULT_ZETA, DEFAULT_ZETA / 2, DEFAULT_ZETA / 4],
-                                   doc="DPS zeta per EM stage: iteration k uses guidance[min(k, len) - 1]")
+    guidance: list[float] = option(list(DEFAULT_GUIDANCE),
+                                   doc="DPS scale per VP step per EM stage: iteration k uses guidance[min(k, len) - 1]")
+    steps: int = option(1000, minimum=2, doc="E-step DDPM evaluations (the reference's 1000-step chain, respaced)")
+    guidance_per: Literal["step", "vp_step"] = option(
+        "step", doc="scale per evaluated step (reference) or per step of the 1000-step chain it spans")
+    norm: Literal["batch", "sample"] = option("batch", doc="DPS residual norm over a batch (reference) or per sample")
+    batch: int | None = option(250, minimum=1, doc="observations sharing one residual norm (e-step.sh: 250)")
+    clip: bool = option(True, doc="clamp x_hat to the data range in the E-step (clip_denoised)")
+    data_scale: float = option(2.0, exclusiveMinimum=0, doc="data range [-d, d] over the reference's [-1, 1]")
+    reconstructions: Literal["png", "clip", "raw"] = option(
+        "png", doc="how the M-step reads the E-step samples: per-image min-max 8-bit (reference), clamped, raw")
+    continue_from: Literal["ema", "raw"] = option("ema", doc="weights each M-step starts from (reference: EMA)")
     estep_fraction: float = option(1.0, exclusiveMinimum=0, maximum=1,
                                    doc="fraction of the observations each E-step samples (seeded, new per iteration)")
 
 
 @EM_METHODS.register("emdiffusion", EMDiffusionOptions)
 class EMDiffusion(EMMethod):
-    """EMDiffusion (Bai et al. 2024): q_0 from a small clean subset, DPS E-step with decreasing guidance, DSM M-step."""
+    """EMDiffusion (Bai et al. 2024): q_0 from a small clean subset, the reference's DPS E-step, DSM M-step."""
 
     stages = ("init", "estep", "mstep")
     init_needs_clean = True
@@ -120,21 +121,42 @@ class EMDiffusion(EMMethod):
         g = self.options.guidance
         key = f"{where}.guidance"
         if not isinstance(g, (list, tuple)) or len(g) == 0:
-            raise ConfigError(f"{key}: must be a non-empty list of positive DPS weights, got {g!r}")
+            raise ConfigError(f"{key}: must be a non-empty list of positive DPS scales, got {g!r}")
         for i, v in enumerate(g):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ConfigError(f"{key}[{i}]: must be a finite number > 0, got {v!r}")
         f = self.options.estep_fraction
         if not (isinstance(f, (int, float)) and 0 < f <= 1):
             raise ConfigError(f"{where}.estep_fraction: must be in (0, 1], got {f!r}")
+        c = self.options.clean_fraction
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c <= 1:
+            raise ConfigError(f"{where}.clean_fraction: must be in (0, 1], got {c!r}")
+        steps = self.options.steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= 1000:
+            raise ConfigError(f"{where}.steps: must be an integer in [2, 1000] (the 1000-step chain), got {steps!r}")
+        for name, allowed in (("norm", ("batch", "sample")), ("guidance_per", ("step", "vp_step")),
+                              ("reconstructions", RECONSTRUCTIONS), ("continue_from", ("ema", "raw"))):
+            if getattr(self.options, name) not in allowed:
+                got = getattr(self.options, name)
+                raise ConfigError(f"{where}.{name}: must be one of {list(allowed)}, got {got!r}")
         n = (self.exp.get("dataset") or {}).get("n")
-        if isinstance(n, int) and self.options.clean_subset > n:
+        if self.options.clean_subset is None and not isinstance(n, int):
+            raise ConfigError(f"{where}.clean_fraction: the dataset has no n to take a fraction of; "
+                              f"give clean_subset (a count) instead")
+        if isinstance(n, int) and self.options.clean_subset is not None and self.options.clean_subset > n:
             raise ConfigError(f"{where}.clean_subset: {self.options.clean_subset} exceeds the dataset's n = {n}")
 
     # -- init: q_0 from a clean subset -----------------------------------------------------------
+    def clean_count(self, n_clean: int) -> int:
+        """Size of the clean subset for a clean set of ``n_clean``: ``clean_subset``, else
+        round(clean_fraction n_clean), at least 1."""
+        if self.options.clean_subset is not None:
+            return int(self.options.clean_subset)
+        return max(1, int(round(float(self.options.clean_fraction) * n_clean)))
+
     def clean_indices(self, job, n_clean: int) -> np.ndarray:
         """Positions in clean.h5 of the clean subset (sorted, distinct), drawn by the variant's seed."""
-        k = self.options.clean_subset
+        k = self.clean_count(n_clean)
         if k > n_clean:
             raise ConfigError(f"experiments.{job.experiment}.variants.{job.variant}.clean_subset: {k} exceeds "
                               f"the {n_clean} clean images")
@@ -160,13 +182,21 @@ class EMDiffusion(EMMethod):
         ckpt["clean_subset"] = [int(i) for i in idx]
         return ckpt, runtime
 
-    # -- E-step: DPS with the stage's guidance -----------------------------------------------------
+    # -- E-step: the reference's DPS on its VP chain -----------------------------------------------
     def guidance_at(self, iteration: int) -> float:
-        """The DPS zeta of EM iteration ``iteration`` (>= 1): guidance[min(k, len) - 1]."""
+        """The DPS scale of EM iteration ``iteration`` (>= 1): guidance[min(k, len) - 1]."""
         if isinstance(iteration, bool) or not isinstance(iteration, (int, np.integer)) or iteration < 1:
             raise ValueError(f"iteration: the E-step runs at iterations >= 1, got {iteration!r}")
         g = self.options.guidance
         return float(g[min(int(iteration), len(g)) - 1])
+
+    def estep_chain(self, schedule, est):
+        """The reference's chain: the VE levels of the 1000-step linear-beta VP chain respaced to
+        ``steps`` evaluations (``steps - 1`` DDPM bridges and the final step to x_0), DDPM sampler."""
+        from emprior.diffusion.vp_chain import VPChain
+
+        return VPChain(1000, float(self.options.data_scale)), {**est, "sampler": "ddpm",
+                                                               "steps": int(self.options.steps) - 1}
 
     def estep_subset(self, job, n):
         self.iteration = job.iteration
@@ -183,18 +213,24 @@ class EMDiffusion(EMMethod):
         if self.iteration is None:
             raise RuntimeError("EMDiffusion.posterior: the E-step's iteration is unknown "
                                "(estep_subset(job, n) sets it before the posterior is built)")
-        zeta = self.guidance_at(self.iteration)
-        post = make_posterior("dps", prior.denoiser, op, y, zeta=zeta)
-        post.stats["zeta"] = zeta  # goes into the shard's solver attributes
-        return post
+        o = self.options
+        return make_posterior("dps_vp", prior.denoiser, op, y, scale=self.guidance_at(self.iteration), norm=o.norm,
+                              batch=o.batch, clip=o.clip, data_scale=o.data_scale, T=1000, respacing=o.steps,
+                              guidance_per=o.guidance_per)
 
-    # -- M-step: DSM from the previous weights ----------------------------------------------------
+    # -- M-step: DSM on the stored reconstructions, from the previous EMA weights -----------------
     def uses_previous(self, iteration):
         return iteration >= 1
 
     def mstep(self, job, data, previous, obs, resume_path):
+        data = stored_reconstructions(data, self.options.reconstructions, float(self.options.data_scale))
+        if previous is not None and self.options.continue_from == "ema":
+            # denoiser_mstep starts from checkpoint["raw_weights"]: hand it the EMA weights instead
+            ckpt = {**previous.checkpoint, "raw_weights": previous.checkpoint["weights"]}
+            previous = SimpleNamespace(kind=previous.kind, checkpoint=ckpt)
         return denoiser_mstep(job, data, previous, resume_path)
 
     # -- report -------------------------------------------------------------------------------------
     def clean_data(self):
-        return int(self.options.clean_subset)
+        """clean_subset, else round(clean_fraction n) of the dataset's n (validate ensures one is known)."""
+        return self.clean_count(int((self.exp.get("dataset") or {}).get("n") or 0))

@@ -106,8 +106,8 @@ def run_estep(prior, method, obs, job: Job, blocks: list[int], shard: int = 0, p
     what the samples depend on) match; with it, SIGTERM stops after the current block (written) with
     :class:`~emprior.core.errors.Preempted`."""
     exp_cfg = job.exp
-    est = exp_cfg["estep"]
-    schedule = Schedule(**exp_cfg["schedule"])
+    # the method may walk its own noise levels (EMDiffusion: the reference's VP chain)
+    schedule, est = method.estep_chain(Schedule(**exp_cfg["schedule"]), exp_cfg["estep"])
     bs = est["block_size"]
     n = len(obs)
     xs, idx, ratios, seeds, stats = [], [], [], [], []

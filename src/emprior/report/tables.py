@@ -189,39 +189,54 @@ def metric_curves(config: dict[str, Any], experiment: str, metrics_paths: list[s
             panels.insert(1, ("fid", "FID"))
         if df["fd_digits"].notna().any():
             panels.insert(1, ("fd_digits", "FD, digits-classifier features"))
+    from matplotlib.ticker import MaxNLocator
+
+    from emprior.report.palette import style, variant_key
+
+    exp_variants = config["experiments"][experiment]["variants"]
+    by_variant = {v: style(variant_key(exp_variants.get(v, {}))) for v in df["variant"].unique()}
+    names = list(dict.fromkeys(df[hue]))  # legend entries, in the order of the given files
+    variant_of = dict(zip(df[hue], df["variant"]))
+    palette = {n: by_variant[variant_of[n]]["color"] for n in names}
+    markers = {n: by_variant[variant_of[n]]["marker"] for n in names}
     sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0, 4.0) if quality_only else (4.5 * len(panels), 3.6))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.6, 4.0) if quality_only else (4.2 * len(panels) + 2.2, 3.6))
     for ax, (col, title) in zip(np.atleast_1d(axes), panels):
         sub = df.dropna(subset=[col])
+        if len(sub):
+            # one colour and marker per method in every panel and figure (emprior.report.palette)
+            sns.lineplot(data=sub, x="iteration", y=col, hue=hue, style=hue, markers=markers, dashes=False,
+                         ax=ax, errorbar=None, estimator="mean", palette=palette, hue_order=names, style_order=names)
         if len(sub) and quality_only:
-            labels = list(dict.fromkeys(sub[hue]))
-            palette = dict(zip(labels, sns.color_palette(n_colors=len(labels))))
-            sns.lineplot(data=sub, x="iteration", y=col, hue=hue, marker="o", ax=ax, errorbar=None,
-                         estimator="mean", palette=palette)
-            for label in labels:
+            for label in dict.fromkeys(sub[hue]):
                 band = [(k, *t_interval(g[col].tolist())) for k, g in sub[sub[hue] == label].groupby("iteration")]
                 k, mean, half = (np.asarray(c, dtype=np.float64) for c in zip(*band))
                 if np.isfinite(half).any():  # several seeds
                     ax.fill_between(k, mean - half, mean + half, color=palette[label], alpha=0.2, linewidth=0)
-        elif len(sub):
-            sns.lineplot(data=sub, x="iteration", y=col, hue=hue, marker="o", ax=ax)
-            if (sub[col] > 0).all():
-                ax.set_yscale("log")
+        elif len(sub) and (sub[col] > 0).all():
+            ax.set_yscale("log")
         ax.set_title(title)
-        if quality_only:
-            from matplotlib.ticker import MaxNLocator
-
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("EM iteration k")
-            ax.set_ylabel(title)
-            if ax.get_legend() is not None:
-                ax.legend(title=None, fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # EM iterations are integers
+        ax.set_xlabel("EM iteration k")
+        ax.set_ylabel(title)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    if not handles:
+        for ax in np.atleast_1d(axes)[1:]:
+            handles, labels = ax.get_legend_handles_labels()
+            if handles:
+                break
+    if handles:  # one legend, outside the data
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     n_seeds = df["seed"].nunique(dropna=False)
     over = f"\n(mean and 95 % t-interval over {n_seeds} seeds)" if n_seeds > 1 else ""
-    fig.suptitle(f"Fig. 4, {experiment}: sample quality of q_k along EM iterations{over}" if quality_only
-                 else f"{experiment}: EM iterations")
+    fig.suptitle(f"Fig. 4, {experiment}: quality of samples of q_k against the clean data, along EM iterations{over}"
+                 if quality_only else
+                 f"{experiment}: samples of q_k against the clean data, and how well E-step samples fit y, "
+                 f"along EM iterations{over}", fontsize=10)
     fig.tight_layout()
-    save_figure(out, fig, provenance)
+    save_figure(out, fig, provenance, bbox_inches="tight")  # keep the legend outside the axes
     plt.close(fig)
 
 

@@ -96,7 +96,7 @@ def test_fig4_draws_the_mean_over_seeds_and_its_t_band(tmp_path, monkeypatch):
     paths = [_seeded_metrics(tmp_path, seed, "diem_tweedie", k, s) for seed, k, s in
              ((0, 0, 30.0), (1, 0, 34.0), (0, 1, 10.0), (1, 1, 12.0))]
     drawn = {}
-    monkeypatch.setattr(tables, "save_figure", lambda out, fig, prov: drawn.setdefault("fig", fig))
+    monkeypatch.setattr(tables, "save_figure", lambda out, fig, prov, **kw: drawn.setdefault("fig", fig))
     tables.metric_curves(CONFIG, "digits", paths, str(tmp_path / "fig4.png"), {}, quality_only=True)
     ax = drawn["fig"].axes[0]
     line = ax.get_lines()[0]
