@@ -184,7 +184,7 @@ def test_posterior_figure_picks_rows_by_their_index(tmp_path, monkeypatch):
     np.testing.assert_array_equal(seen["clean"], clean[[2, 3, 4]])
     # y with its unmeasured pixels at 0
     mask = obs.op.measured(obs.y)[[2, 3, 4]].numpy()
-    assert seen["title"] == "y" and np.all(seen["y"][mask == 0] == 0)
+    assert seen["title"] == "y\n(gray: not\nmeasured)" and np.all(seen["y"][mask == 0] == 0)
     np.testing.assert_array_equal(seen["y"][mask == 1], obs.y[[2, 3, 4]].numpy()[mask == 1])
 
 
