@@ -206,13 +206,23 @@ def test_fig4_draws_the_quality_metric_per_variant(tmp_path, monkeypatch):
                                        {"rule": "iteration_metrics"})))
     figs = []
     real = tables.save_figure
-    monkeypatch.setattr(tables, "save_figure", lambda out, fig, prov: (figs.append(fig), real(out, fig, prov))[1])
+    monkeypatch.setattr(tables, "save_figure", lambda out, fig, prov, **kw: (figs.append(fig), real(out, fig, prov))[1])
     out = tmp_path / "fig4_digits.png"
     fig4(Job(cfg, "digits"), out=str(out), metrics=paths)
     assert out.read_bytes()[:8] == PNG and out.stat().st_size > 1000
     # one panel: fd_digits (no FID in the records), one line per variant labelled with its method
     (ax,) = figs[0].axes
     assert ax.get_title() == "FD, digits-classifier features"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["DiEM: a", "AmbientDiffusion: amb"]
-    xs = [list(ln.get_xdata()) for ln in ax.get_lines() if len(ln.get_xdata())]
-    assert xs[:2] == [[0, 1, 2], [1, 2]]  # a method without q_0 starts at iteration 1
+    (legend,) = figs[0].legends  # one legend, outside the panel
+    assert [t.get_text() for t in legend.get_texts()] == ["DiEM: a", "AmbientDiffusion: amb"]
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata())]
+    assert [list(ln.get_xdata()) for ln in lines][:2] == [[0, 1, 2], [1, 2]]  # a method without q_0 starts at 1
+    # each method's colour and marker from the suite's one palette (DiEM tweedie, AmbientDiffusion)
+    from matplotlib.colors import to_hex
+
+    from emprior.report.palette import style
+
+    assert [(to_hex(ln.get_color()), ln.get_marker()) for ln in lines[:2]] == [
+        (style("diem:tweedie")["color"], style("diem:tweedie")["marker"]),
+        (style("ambient")["color"], style("ambient")["marker"])]
+    assert all(float(t) == int(t) for t in ax.get_xticks())  # integer iteration ticks
