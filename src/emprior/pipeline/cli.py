@@ -1,5 +1,5 @@
 """``python -m emprior COMMAND``: one command per Snakemake rule, generated from the pipeline
-functions' signatures (:mod:`emprior.pipeline.commands`), plus ``audit`` and ``validate-config``.
+functions' signatures (:mod:`emprior.pipeline.commands`), plus ``audit``, ``validate-config`` and ``rerun``.
 
 Errors from bad input are printed as a single line ``error: ...`` naming the file, key or value, with
 exit status 2; nothing partial is left behind (artifacts are written atomically). A full disk or quota
@@ -76,7 +76,7 @@ def _import_commands() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     _import_commands()
-    parser = argparse.ArgumentParser(prog="python -m emprior", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m emprior", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help)
