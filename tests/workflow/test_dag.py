@@ -29,14 +29,14 @@ def run_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny")
     out = snakemake(workdir, "-c", "2", "all")
     if out.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in (workdir / "results" / "logs").rglob("*.log")
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in (workdir / "results-tiny" / "logs").rglob("*.log")
                          if "Error" in p.read_text() or "error" in p.read_text())
         pytest.fail(f"snakemake failed:\n{out.stderr[-4000:]}\n{logs}")
     return workdir
 
 
 def test_every_iteration_has_its_artifacts(run_dir):
-    results = run_dir / "results"
+    results = run_dir / "results-tiny"
     for exp, variants, iters in [("manifold", ["diem_tweedie"], 2), ("digits", ["diem_tweedie", "diem_sigma_t"], 1)]:
         for var in variants:
             for k in range(iters + 1):
@@ -76,7 +76,7 @@ def test_nothing_to_do_after_a_finished_run(run_dir):
 
 
 def test_audit_prints_one_row_per_iteration(run_dir):
-    out = subprocess.run([sys.executable, "-m", "emprior", "audit", str(run_dir / "results")],
+    out = subprocess.run([sys.executable, "-m", "emprior", "audit", str(run_dir / "results-tiny")],
                          capture_output=True, text=True, timeout=120)
     rows = [l for l in out.stdout.splitlines() if re.match(r"\s*(manifold|digits)\s", l)]
     assert len(rows) == 3 + 2 * 2 + 3, out.stdout  # + one E-step check row per variant
@@ -84,7 +84,7 @@ def test_audit_prints_one_row_per_iteration(run_dir):
 
 
 def test_deleting_a_shard_recomputes_only_its_descendants(run_dir):
-    shard = run_dir / "results" / "digits" / "diem_tweedie" / "iter_001" / "posterior" / "shard_1.h5"
+    shard = run_dir / "results-tiny" / "digits" / "diem_tweedie" / "iter_001" / "posterior" / "shard_1.h5"
     before = h5py.File(shard, "r")["x"][()]
     shard.unlink()
     out = snakemake(run_dir, "-n", "all")
