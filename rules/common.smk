@@ -12,8 +12,8 @@ from emprior.core.errors import ConfigError
 from emprior.core.provenance import config_digest
 from emprior.evaluation.selection import evaluated_iterations
 
-# A results folder belongs to the config files that first ran into it (emprior.config.owner): a run of
-# other config files stops here, before it writes anything, unless --config allow_foreign_results=true.
+# A results folder belongs to the config file that first ran into it (emprior.config.owner): a run of
+# another config file stops here, before it writes anything, unless --config allow_foreign_results=true.
 # Only the main Snakemake process checks (the jobs' own processes parse this file too).
 _BASE = Path(workflow.main_snakefile).parent
 SOURCE = config_source(workflow.config_settings.configfiles or [_BASE / "config" / "config.yaml"], _BASE)

@@ -83,6 +83,19 @@ def test_audit_prints_one_row_per_iteration(run_dir):
     assert "iterations" in out.stdout and "exact posterior under q_0" in out.stdout
 
 
+def test_run_claims_its_folder_and_rerun_reproduces_a_model(run_dir):
+    """The run recorded its config as the folder's owner; `rerun` redoes one M-step from its sidecar's
+    command line in a temporary folder and gets model.pt back byte for byte."""
+    results = run_dir / "results-tiny"
+    assert json.loads((results / ".config" / "owner.json").read_text()) == {"config": "config/tiny.yaml"}
+    model = results / "manifold" / "diem_tweedie" / "iter_001" / "model.pt"
+    job = json.loads((model.parent / "model.pt.prov.json").read_text())["job"]
+    assert job["args"][0] == "mstep" and Path(run_dir / job["config_file"]).exists()
+    out = subprocess.run([sys.executable, "-m", "emprior", "rerun", str(model)], capture_output=True, text=True,
+                         timeout=300)
+    assert (out.returncode, out.stdout.strip()) == (0, f"identical: {model}"), out.stderr[-2000:]
+
+
 def test_deleting_a_shard_recomputes_only_its_descendants(run_dir):
     shard = run_dir / "results-tiny" / "digits" / "diem_tweedie" / "iter_001" / "posterior" / "shard_1.h5"
     before = h5py.File(shard, "r")["x"][()]

@@ -1,12 +1,13 @@
 """Which config a results folder belongs to: ``<results>/.config/owner.json``.
 
 A run claims its results folder when it starts (Snakemake's ``onstart``: not in a dry run, not in the
-jobs' own Snakemake processes) by recording its config files. A later run of *other* config files into
-the same folder would replace the first config's finished artifacts (both presets have an experiment
-``manifold``, and the tables and figures share names), so it stops while the Snakefile is parsed, before
-any job, with one line naming the folder and the config that made it, unless allowed with
-``--config allow_foreign_results=true`` or ``EMPRIOR_ALLOW_FOREIGN_RESULTS=1``. Editing a value of the
-same config file is not foreign: Snakemake reruns the jobs whose configs changed, as always.
+jobs' own Snakemake processes) by recording its config file (the first one: later ``--configfiles``
+overlay values on it). A later run of *another* config file into the same folder would replace the
+first config's finished artifacts (both presets have an experiment ``manifold``, and the tables and
+figures share names), so it stops while the Snakefile is parsed, before any job, with one line naming
+the folder and the config that made it, unless allowed with ``--config allow_foreign_results=true`` or
+``EMPRIOR_ALLOW_FOREIGN_RESULTS=1``. Editing a value of the same config file (or overlaying one) is not
+foreign: Snakemake reruns the jobs whose configs changed, as always.
 
 The check reads one small file: it adds nothing measurable to the parse.
 """
@@ -26,14 +27,12 @@ ENV = "EMPRIOR_ALLOW_FOREIGN_RESULTS"
 
 
 def config_source(configfiles: Iterable[str | os.PathLike], basedir: str | os.PathLike) -> str:
-    """The run's config files as one string, each relative to the workflow folder ``basedir`` when it is
-    inside it (so that the same files given as absolute or relative paths are the same source)."""
+    """The run's first config file (the preset; later files overlay values on it, like an edit),
+    relative to the workflow folder ``basedir`` when it is inside it (so that the same file given as an
+    absolute or a relative path is the same source)."""
     base = Path(basedir).resolve()
-    names = []
-    for f in configfiles:
-        p = Path(f).resolve()
-        names.append(str(p.relative_to(base)) if p.is_relative_to(base) else str(p))
-    return ", ".join(names)
+    p = Path(next(iter(configfiles))).resolve()
+    return str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
 
 
 def allowed(config: dict[str, Any]) -> bool:

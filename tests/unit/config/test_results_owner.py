@@ -24,7 +24,8 @@ def test_each_preset_writes_to_its_own_folder():
 def test_config_source_is_relative_to_the_workflow(tmp_path):
     assert config_source([REPO / "config" / "paper.yaml"], REPO) == "config/paper.yaml"
     assert config_source([REPO / "config" / ".." / "config" / "tiny.yaml", tmp_path / "o.yaml"], REPO) == (
-        f"config/tiny.yaml, {tmp_path.resolve()}/o.yaml")
+        "config/tiny.yaml")  # an overlay file (e.g. the SLURM test's mstep.gpus: 2) edits the preset
+    assert config_source([tmp_path / "mine.yaml"], REPO) == str(tmp_path.resolve() / "mine.yaml")
 
 
 def test_claim_then_a_foreign_config_stops(tmp_path, monkeypatch):
@@ -32,7 +33,7 @@ def test_claim_then_a_foreign_config_stops(tmp_path, monkeypatch):
     check_owner(results, "config/paper.yaml")  # a new folder: anybody's
     claim(results, "config/config.yaml")
     assert owner_of(results) == "config/config.yaml"
-    check_owner(results, "config/config.yaml")  # the same config files again (edited or not): fine
+    check_owner(results, "config/config.yaml")  # the same config file again (edited or not): fine
     with pytest.raises(ConfigError) as info:
         check_owner(results, "config/paper.yaml")
     msg = str(info.value)

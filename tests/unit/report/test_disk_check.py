@@ -3,6 +3,7 @@ failure; the plan (torch) is computed once per job config and read back by Snake
 
 import json
 
+from emprior.config.loading import load_config
 from emprior.core import artifacts
 from emprior.core.job import Job
 from emprior.pipeline.plan import disk_check
@@ -22,8 +23,8 @@ def test_a_shortfall_is_one_warning_line(tmp_path):
     assert "1.00 kB are there" in line
 
 
-def test_disk_check_caches_the_plan_for_onstart(tiny_digits, tmp_path, capsys, monkeypatch):
-    cfg = tiny_digits(tmp_path / "data", {"diem_tweedie": {"method": "diem"}})
+def test_disk_check_caches_the_plan_for_onstart(repo, tmp_path, capsys, monkeypatch):
+    cfg = load_config(repo / "config" / "tiny.yaml")
     cfg["results"] = str(tmp_path / "results")
     monkeypatch.setattr(artifacts, "_JOB", {"config_file": str(tmp_path / "abc.json")})
     disk_check(Job(cfg))
