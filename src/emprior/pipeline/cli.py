@@ -25,6 +25,9 @@ from emprior.core.errors import DiskFullError, EmpriorError, Preempted
 from emprior.core.preempt import EXIT_PREEMPTED
 from emprior.pipeline.commands import COMMANDS, Command
 
+DESCRIPTION = ("Run one step of the emprior workflow (one command per Snakemake rule), audit a results folder, "
+               "validate config files, or rerun the job that wrote an artifact and compare bytes.")
+
 # the modules whose functions are the rule commands
 MODULES = ("data", "em", "evaluate", "report", "plan")
 
@@ -76,7 +79,7 @@ def _import_commands() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     _import_commands()
-    parser = argparse.ArgumentParser(prog="python -m emprior", description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = argparse.ArgumentParser(prog="python -m emprior", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help)
