@@ -15,6 +15,8 @@ import pytest
 from emprior.core import artifacts
 from emprior.core.artifacts import load_json, save_h5, save_json, save_torch, sidecar, verify
 from emprior.core.errors import ArtifactError, DiskFullError
+from emprior.pipeline.cli import main
+from emprior.pipeline.rerun import rerun
 
 
 @pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
@@ -84,26 +86,19 @@ def test_disk_full_names_file_bytes_needed_and_free(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def _run(*args, cwd=None, umask=None):
-    env = {**os.environ, "PYTHONPATH": str(Path(artifacts.__file__).parents[2])}
-    return subprocess.run([sys.executable, "-m", "emprior", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
-
-
-def test_sidecar_records_the_command_and_rerun_reproduces_model_pt(tiny_digits, tmp_path):
+def test_sidecar_records_the_command_and_rerun_reproduces_model_pt(tiny_digits, tmp_path, monkeypatch):
     cfg = tiny_digits(tmp_path, {"diem_tweedie": {"method": "diem"}})
     job_cfg = tmp_path / "job.json"
     job_cfg.write_text(json.dumps(cfg))
     args = ["init-prior", "--config", "job.json", "--experiment", "digits", "--variant", "diem_tweedie",
             "--observations", "observations.h5", "--out", "out/model.pt"]
-    done = _run(*args, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 0  # in this process (torch is loaded already); the rerun is a new process
     job = verify(tmp_path / "out" / "model.pt")["job"]
     assert job["args"] == args and job["config_file"] == "job.json" and job["cwd"] == str(tmp_path)
-    assert job["argv"][-len(args):] == args
-    done = _run("rerun", tmp_path / "out" / "model.pt", cwd=tmp_path.parent)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"identical: {tmp_path / 'out' / 'model.pt'}"
+    assert job["argv"] == sys.orig_argv
+    monkeypatch.chdir(tmp_path.parent)
+    assert rerun(tmp_path / "out" / "model.pt") == (f"identical: {tmp_path / 'out' / 'model.pt'}", 0)
     # where bytes differ, the arrays are named (here compared in-process: no third torch start)
     import torch
 
@@ -117,7 +112,7 @@ def test_sidecar_records_the_command_and_rerun_reproduces_model_pt(tiny_digits, 
         f"{name} (max abs difference 0.5)"]
 
 
-def test_hdf5_and_torch_on_a_full_filesystem(tiny_digits, tmp_path):
+def test_hdf5_and_torch_on_a_full_filesystem(tiny_digits, tmp_path, capsys):
     """The real thing: a tmpfs of 64 kB (root only; elsewhere the EDQUOT test above stands in)."""
     mnt = tmp_path / "fs"
     mnt.mkdir()
@@ -137,10 +132,11 @@ def test_hdf5_and_torch_on_a_full_filesystem(tiny_digits, tmp_path):
         cfg = tiny_digits(tmp_path, {"diem_tweedie": {"method": "diem"}})
         (tmp_path / "job.json").write_text(json.dumps(cfg))
         (mnt / "filler").write_bytes(b"0" * (60 << 10))
-        done = _run("init-prior", "--config", tmp_path / "job.json", "--experiment", "digits", "--variant",
-                    "diem_tweedie", "--observations", tmp_path / "observations.h5", "--out", mnt / "model.pt")
-        assert done.returncode == 1, done.stderr
-        assert done.stderr.splitlines()[-1].startswith(f"error: {mnt}/model.pt: no space left on device")
+        status = main(["init-prior", "--config", str(tmp_path / "job.json"), "--experiment", "digits",
+                       "--variant", "diem_tweedie", "--observations", str(tmp_path / "observations.h5"),
+                       "--out", str(mnt / "model.pt")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert status == 1 and err[-1].startswith(f"error: {mnt}/model.pt: no space left on device"), err
         assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
