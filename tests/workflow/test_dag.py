@@ -89,8 +89,11 @@ def test_run_claims_its_folder_and_rerun_reproduces_a_model(run_dir):
     results = run_dir / "results-tiny"
     assert json.loads((results / ".config" / "owner.json").read_text()) == {"config": "config/tiny.yaml"}
     model = results / "manifold" / "diem_tweedie" / "iter_001" / "model.pt"
-    job = json.loads((model.parent / "model.pt.prov.json").read_text())["job"]
+    side = json.loads((model.parent / "model.pt.prov.json").read_text())
+    job = side["job"]
     assert job["args"][0] == "mstep" and Path(run_dir / job["config_file"]).exists()
+    # the job config file is named by the first 16 hex digits of the sidecar's config_digest
+    assert Path(job["config_file"]).name == side["provenance"]["config_digest"][:16] + ".json"
     out = subprocess.run([sys.executable, "-m", "emprior", "rerun", str(model)], capture_output=True, text=True,
                          timeout=300)
     assert (out.returncode, out.stdout.strip()) == (0, f"identical: {model}"), out.stderr[-2000:]
