@@ -261,7 +261,7 @@ audit_phase() {
 # (--rerun-triggers mtime: the overlay config changes every job's config digest, not their inputs).
 run_ddp_phase() {
     local workdir=$1 localrules=$2 name=ddp rc=0 t1 t0=$SECONDS
-    local target=results/digits/diem_tweedie/iter_001/model.pt
+    local target=results-tiny/digits/diem_tweedie/iter_001/model.pt
     local args=(--profile "$WORK/profile/slurm" --snakefile "$REPO/Snakefile" --directory "$workdir" --nocolor)
     mkdir -p "$WORK/ddp"
     if [[ ! -f "$workdir/$target" ]]; then

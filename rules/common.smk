@@ -6,11 +6,24 @@ import sys
 from pathlib import Path
 
 from emprior.config.loading import job_config
+from emprior.config.owner import allowed as allow_foreign, check_owner, claim, config_source
 from emprior.config.planning import plan_facts
 from emprior.config.seeds import BRANCH_SUFFIX, branch_seed, branches, coerce_seeds, seeded, split_branch
 from emprior.core.errors import ConfigError
 from emprior.core.provenance import config_digest
 from emprior.evaluation.selection import evaluated_iterations
+
+# A results folder belongs to the config file that first ran into it (emprior.config.owner): a run of
+# another config file stops here, before it writes anything, unless --config allow_foreign_results=true.
+# Only the main Snakemake process checks (the jobs' own processes parse this file too).
+_BASE = Path(workflow.main_snakefile).parent
+SOURCE = config_source(workflow.config_settings.configfiles or [_BASE / "config" / "config.yaml"], _BASE)
+ALLOW_FOREIGN = allow_foreign(config)
+if workflow.is_main_process:
+    try:
+        check_owner(config.get("results", "results"), SOURCE, ALLOW_FOREIGN)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
 
 # The config validated and each variant's EM-method facts, kept per config and code version in
 # results/.config/plan-*.json (emprior.config.planning): a later parse imports no plug-in (no torch).
@@ -209,3 +222,11 @@ def all_targets():
         targets.append(f"{R}/figures/{name}_metrics.png")
     targets += report_targets()
     return list(dict.fromkeys(targets))
+
+
+onstart:
+    # a real run (not a dry run) claims its results folder, and warns once if the plan may not fit
+    from emprior.report.disk_check import onstart_warning
+
+    claim(R, SOURCE)
+    onstart_warning(R, _global_config())

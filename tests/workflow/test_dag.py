@@ -33,14 +33,14 @@ def run_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny")
     out = snakemake(workdir, "-c", "2", "all", timeout=1800)  # two digits seeds; a loaded machine is slow
     if out.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in (workdir / "results" / "logs").rglob("*.log")
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in (workdir / "results-tiny" / "logs").rglob("*.log")
                          if "Error" in p.read_text() or "error" in p.read_text())
         pytest.fail(f"snakemake failed:\n{out.stderr[-4000:]}\n{logs}")
     return workdir
 
 
 def test_every_iteration_has_its_artifacts(run_dir):
-    results = run_dir / "results"
+    results = run_dir / "results-tiny"
     digits = ["diem_tweedie", "diem_sigma_t"]
     for exp, variants, iters in [("manifold", ["diem_tweedie"], 2), ("digits/seed_0", digits, 1),
                                  ("digits/seed_1", digits, 1)]:
@@ -77,7 +77,7 @@ def test_every_iteration_has_its_artifacts(run_dir):
 
 
 def test_table1_is_over_both_seeds_with_q0_beside_the_final_score(run_dir):
-    results = run_dir / "results"
+    results = run_dir / "results-tiny"
     table = pd.read_csv(results / "tables" / "table1.csv")
     ours = table[table.variant.notna()].set_index("variant")
     assert list(ours.index) == ["diem_tweedie", "diem_sigma_t"] and (ours.seeds == 2).all()
@@ -123,15 +123,31 @@ def test_nothing_to_do_after_a_finished_run(run_dir):
 
 
 def test_audit_prints_one_row_per_iteration(run_dir):
-    out = subprocess.run([sys.executable, "-m", "emprior", "audit", str(run_dir / "results")],
+    out = subprocess.run([sys.executable, "-m", "emprior", "audit", str(run_dir / "results-tiny")],
                          capture_output=True, text=True, timeout=120)
     rows = [l for l in out.stdout.splitlines() if re.match(r"\s*(manifold|digits/seed_[01])\s", l)]
     assert len(rows) == 3 + 2 * 2 * 2 + 5, out.stdout  # + one E-step check row per variant and seed
     assert "iterations" in out.stdout and "exact posterior under q_0" in out.stdout
 
 
+def test_run_claims_its_folder_and_rerun_reproduces_a_model(run_dir):
+    """The run recorded its config as the folder's owner; `rerun` redoes one M-step from its sidecar's
+    command line in a temporary folder and gets model.pt back byte for byte."""
+    results = run_dir / "results-tiny"
+    assert json.loads((results / ".config" / "owner.json").read_text()) == {"config": "config/tiny.yaml"}
+    model = results / "manifold" / "diem_tweedie" / "iter_001" / "model.pt"
+    side = json.loads((model.parent / "model.pt.prov.json").read_text())
+    job = side["job"]
+    assert job["args"][0] == "mstep" and Path(run_dir / job["config_file"]).exists()
+    # the job config file is named by the first 16 hex digits of the sidecar's config_digest
+    assert Path(job["config_file"]).name == side["provenance"]["config_digest"][:16] + ".json"
+    out = subprocess.run([sys.executable, "-m", "emprior", "rerun", str(model)], capture_output=True, text=True,
+                         timeout=300)
+    assert (out.returncode, out.stdout.strip()) == (0, f"identical: {model}"), out.stderr[-2000:]
+
+
 def test_deleting_a_shard_recomputes_only_its_descendants(run_dir):
-    shard = run_dir / "results" / "digits" / "seed_1" / "diem_tweedie" / "iter_001" / "posterior" / "shard_1.h5"
+    shard = run_dir / "results-tiny" / "digits" / "seed_1" / "diem_tweedie" / "iter_001" / "posterior" / "shard_1.h5"
     before = h5py.File(shard, "r")["x"][()]
     shard.unlink()
     out = snakemake(run_dir, "-n", "all")
@@ -155,9 +171,9 @@ def test_audit_flags_and_repair_rebuilds_damaged_artifacts(run_dir):
     import os
     import shutil
 
-    res = run_dir / "results"
-    model = res / "digits" / "diem_tweedie" / "iter_001" / "model.pt"
-    shard = res / "digits" / "diem_sigma_t" / "iter_001" / "posterior" / "shard_0.h5"
+    res = run_dir / "results-tiny"
+    model = res / "digits" / "seed_0" / "diem_tweedie" / "iter_001" / "model.pt"
+    shard = res / "digits" / "seed_1" / "diem_sigma_t" / "iter_001" / "posterior" / "shard_0.h5"
     obs = res / "manifold" / "data" / "observations.h5"
     before = {p: p.read_bytes() for p in (model, shard)}
     keep = run_dir / "kept"
@@ -173,8 +189,8 @@ def test_audit_flags_and_repair_rebuilds_damaged_artifacts(run_dir):
     out = subprocess.run(emprior + ["audit", str(res)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
     flagged = out.stdout[out.stdout.index("FLAG files"):]
-    assert "digits/diem_tweedie/iter_001/model.pt" in flagged and "missing" in flagged
-    assert "digits/diem_sigma_t/iter_001/posterior/shard_0.h5" in flagged
+    assert "digits/seed_0/diem_tweedie/iter_001/model.pt" in flagged and "missing" in flagged
+    assert "digits/seed_1/diem_sigma_t/iter_001/posterior/shard_0.h5" in flagged
     assert "manifold/data/observations.h5" in flagged and "checksum mismatch" in flagged
     out = subprocess.run(emprior + ["repair", str(res)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.count("removed ") == 3, out.stdout + out.stderr
@@ -182,7 +198,7 @@ def test_audit_flags_and_repair_rebuilds_damaged_artifacts(run_dir):
     # back as it was (bytes and time) and rerun the rest for real
     plan = snakemake(run_dir, "-n", "all")
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.stdout + plan.stderr, flags=re.M))
-    assert counts.get("observe") == "1" and counts.get("mstep") == str(2 + 1), plan.stdout  # manifold 2, digits 1
+    assert counts.get("observe") == "1" and counts.get("mstep") == str(2 + 2), plan.stdout  # manifold 2, digits 2
     assert "dataset" not in counts, plan.stdout
     for name in (obs.name, obs.name + ".prov.json"):
         shutil.copy2(keep / name, obs.parent / name)

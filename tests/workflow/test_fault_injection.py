@@ -129,7 +129,7 @@ def test_killed_runs_resume_to_identical_artifacts(tmp_path):
     for rule_cmd in ("estep", "mstep", "metrics"):
         kills += kill_rule(faulty, config, rule_cmd, rng)
     kill_session(faulty, config, rng)
-    before_last = finished_artifacts(faulty / "results")
+    before_last = finished_artifacts(faulty / "results-tiny")
     # a SIGKILLed session leaves its lock behind: the documented first step is `snakemake --unlock`
     subprocess.run(snakemake_cmd(faulty, config, "--unlock"), capture_output=True, text=True, timeout=300, check=True)
     out = subprocess.run(snakemake_cmd(faulty, config, "--rerun-incomplete"), capture_output=True, text=True,
@@ -138,14 +138,14 @@ def test_killed_runs_resume_to_identical_artifacts(tmp_path):
     assert kills >= 2, f"only {kills} of 3 rule kills landed (seed {SEED})"
 
     # (2) finished work is not recomputed
-    after = finished_artifacts(faulty / "results")
+    after = finished_artifacts(faulty / "results-tiny")
     recomputed = [k for k, t in before_last.items() if after.get(k) != t]
     assert not recomputed, recomputed
 
     # (1) same artifacts as the uninterrupted run
-    ref_files = sorted(finished_artifacts(ref / "results"))
+    ref_files = sorted(finished_artifacts(ref / "results-tiny"))
     assert ref_files == sorted(after)
     for rel in ref_files:
-        assert comparable(ref / "results" / rel) == comparable(faulty / "results" / rel), rel
+        assert comparable(ref / "results-tiny" / rel) == comparable(faulty / "results-tiny" / rel), rel
     # no stray temporary files from the killed writers survive the rerun
-    assert not [p for p in (faulty / "results").rglob("*.tmp")]
+    assert not [p for p in (faulty / "results-tiny").rglob("*.tmp")]

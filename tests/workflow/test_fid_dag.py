@@ -25,11 +25,11 @@ def test_fid_reference_job_per_fid_experiment_feeds_its_metrics_jobs(tmp_path):
     jobs = re.findall(r"^rule (\w+):\n    input: ([^\n]*)\n.*?^Shell command: ([^\n]*)", text, flags=re.M | re.S)
     ref = [(inp, cmd) for rule, inp, cmd in jobs if rule == "fid_reference"]
     assert len(ref) == 1, [r for r, _, _ in jobs]
-    assert ref[0][0] == "results/digits/data/clean.h5" and f"--weights {weights} " in ref[0][1]
+    assert ref[0][0] == "results-tiny/digits/data/clean.h5" and f"--weights {weights} " in ref[0][1]
     metrics = [(inp, cmd) for rule, inp, cmd in jobs if rule == "iteration_metrics"]
-    digits = [m for m in metrics if "results/digits/" in m[0]]
+    digits = [m for m in metrics if "results-tiny/digits/" in m[0]]
     assert len(digits) == 4 and len(metrics) == 7  # digits: 2 variants x iterations 0, 1; manifold: 3
     for inp, cmd in metrics:
-        on = "results/digits/" in inp
-        assert ("results/digits/data/fid_reference.h5" in inp) == on
-        assert ("--fid-reference results/digits/data/fid_reference.h5" in cmd) == on
+        on = "results-tiny/digits/" in inp
+        assert ("results-tiny/digits/data/fid_reference.h5" in inp) == on
+        assert ("--fid-reference results-tiny/digits/data/fid_reference.h5" in cmd) == on

@@ -32,10 +32,10 @@ def test_dry_run_plans_prior_sample_shards_of_the_evaluated_iterations(tmp_path)
     assert counts["estep_shard"] == 2 * 3 * 2 + 2 * 2 and counts["mstep"] == 2 * 3 + 2  # EM itself is all there
     outputs = set(re.findall(r"^\s+output: (\S+)", text, flags=re.M))
     for var in ("diem_tweedie", "diem_sigma_t"):
-        d = f"results/digits/{var}"
+        d = f"results-tiny/digits/{var}"
         assert {f"{d}/iter_{k:03d}/prior_samples/shard_{j}.h5" for k in (1, 3) for j in (0, 1)} <= outputs
         assert {f"{d}/iter_{k:03d}/metrics.json" for k in (1, 3)} <= outputs
         assert not any(o.startswith((f"{d}/iter_000/prior", f"{d}/iter_002/prior", f"{d}/iter_000/metrics",
                                      f"{d}/iter_002/metrics")) for o in outputs)
-    assert "results/manifold/diem_tweedie/iter_002/prior_samples.h5" in outputs
-    assert "results/manifold/diem_tweedie/iter_002/prior_samples/shard_0.h5" not in outputs
+    assert "results-tiny/manifold/diem_tweedie/iter_002/prior_samples.h5" in outputs
+    assert "results-tiny/manifold/diem_tweedie/iter_002/prior_samples/shard_0.h5" not in outputs

@@ -25,3 +25,9 @@ class Preempted(EmpriorError):
     """The job got SIGTERM (SLURM's warning before its time limit) and stopped after saving what it had
     done (the M-step's resume state, the E-step's finished blocks); a rerun continues from there.
     The CLI prints ``preempted: <message>`` and exits with status 143 (128 + SIGTERM)."""
+
+
+class DiskFullError(EmpriorError):
+    """A write ran out of disk space or quota (ENOSPC / EDQUOT): the message names the file, the bytes it
+    needed and the bytes free; nothing partial is left. The CLI exits with status 1 (not 2: the input
+    was fine, the machine was not)."""

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from emprior.core.artifacts import file_mode
 from emprior.core.digest import file_digest
 from emprior.core.errors import DataError
 
@@ -53,6 +54,7 @@ def download(url: str, dest: str | Path, sha256: str | None = None, md5: str | N
             return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.fchmod(fd, file_mode())  # the umask's mode, not mkstemp's 0600: the group may share the weights
     tmp = Path(tmp_name)
     hashes = {name: hashlib.new(name) for name in expected}
     try:

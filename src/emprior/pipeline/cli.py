@@ -1,8 +1,11 @@
 """``python -m emprior COMMAND``: one command per Snakemake rule, generated from the pipeline
-functions' signatures (:mod:`emprior.pipeline.commands`), plus ``audit`` and ``validate-config``.
+functions' signatures (:mod:`emprior.pipeline.commands`), plus ``audit``, ``validate-config`` and ``rerun``.
 
 Errors from bad input are printed as a single line ``error: ...`` naming the file, key or value, with
-exit status 2; nothing partial is left behind (artifacts are written atomically). A job stopped by
+exit status 2; nothing partial is left behind (artifacts are written atomically). A full disk or quota
+is one line ``error: ...`` naming the file, the bytes it needed and the bytes free, with exit status 1.
+Every artifact's sidecar records the command line and job config of the job that wrote it, and
+``rerun ARTIFACT`` runs that job again into a temporary folder and compares bytes. A job stopped by
 SIGTERM (SLURM's warning before its time limit) after saving its progress prints one line
 ``preempted: ...`` and exits with status 143 (:data:`emprior.core.preempt.EXIT_PREEMPTED`), so that
 Snakemake's retry continues from the saved state."""
@@ -18,9 +21,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from emprior.core.errors import EmpriorError, Preempted
+from emprior.core.errors import DiskFullError, EmpriorError, Preempted
 from emprior.core.preempt import EXIT_PREEMPTED
 from emprior.pipeline.commands import COMMANDS, Command
+
+DESCRIPTION = ("Run one step of the emprior workflow (one command per Snakemake rule), audit a results folder, "
+               "validate config files, or rerun the job that wrote an artifact and compare bytes.")
 
 # the modules whose functions are the rule commands
 MODULES = ("data", "em", "evaluate", "report", "plan", "table4_ffhq")
@@ -74,32 +80,40 @@ def _import_commands() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     _import_commands()
-    parser = argparse.ArgumentParser(prog="python -m emprior", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m emprior", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in COMMANDS.values():
         p = sub.add_parser(cmd.name, help=cmd.help)
-        p.add_argument("--config", required=True, help="YAML config (validated) or a job config JSON")
+        p.add_argument("--config", required=True, help="A YAML config (validated) or a job config JSON.")
         p.add_argument("--threads", type=int, default=None,
-                       help="torch intra-op threads of this process, of each under torchrun (default: config)")
+                       help="The torch intra-op threads of this process, of each process under torchrun "
+                            "(default: the config's torch_threads).")
         for ident in cmd.ids:
             p.add_argument(f"--{ident}", required=True, type=int if ident == "iteration" else str)
         for flag, kw in _arguments(cmd):
             p.add_argument(flag, **kw)
     p = sub.add_parser("audit", help="Print one row per EM iteration, check every artifact against its sidecar "
                                      "and flag anomalies (exit status 0: none, 1: flags, 2: unreadable folder).")
-    p.add_argument("results", help="results folder (e.g. results/)")
+    p.add_argument("results", help="The results folder (e.g. results/).")
     p.add_argument("--no-checksum", action="store_true",
-                   help="check presence and size only, not the sha256 (faster on a paper-scale folder)")
+                   help="Check presence and size only, not the sha256 (faster on a paper-scale folder).")
     p = sub.add_parser("repair", help="Remove the artifacts the audit finds missing, truncated or modified, so "
                                       "that rerunning the workflow rebuilds them and what depends on them.")
-    p.add_argument("results", help="results folder (e.g. results/)")
-    p.add_argument("--no-checksum", action="store_true", help="find damage by size only")
-    p = sub.add_parser("validate-config", help="validate YAML config files against the generated schema")
-    p.add_argument("configs", nargs="+")
+    p.add_argument("results", help="The results folder (e.g. results/).")
+    p.add_argument("--no-checksum", action="store_true", help="Find damage by size only.")
+    p = sub.add_parser("validate-config", help="Validate YAML config files against the generated schema.")
+    p.add_argument("configs", nargs="+", help="The YAML config files.")
+    p = sub.add_parser("rerun", help="Run the job that wrote an artifact again, from its sidecar's command line, "
+                                     "into a temporary folder, and say whether the bytes are identical "
+                                     "(exit status 0) or which arrays differ (exit status 1).")
+    p.add_argument("artifact", help="The artifact (e.g. results/digits/diem_tweedie/iter_001/model.pt).")
+    p.add_argument("--keep", default=None, help="A folder to keep the rerun's files in (default: a temporary "
+                                                "folder, removed afterwards).")
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from emprior.core.artifacts import set_job
     from emprior.core.log import get_logger
 
     log = get_logger("emprior")
@@ -115,6 +129,12 @@ def run(args: argparse.Namespace) -> int:
         text, status = repair(args.results, checksum=not args.no_checksum)
         print(text)
         return status
+    if args.command == "rerun":
+        from emprior.pipeline.rerun import rerun
+
+        text, status = rerun(args.artifact, keep=args.keep)
+        print(text)
+        return status
     if args.command == "validate-config":
         from emprior.config.loading import load_config
 
@@ -123,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     cmd = COMMANDS[args.command]
+    set_job(argv if argv is not None else [], args.config)
     config = load_any_config(args.config)
     if cmd.torch:
         import torch
@@ -148,12 +169,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
-        return run(args)
+        return run(args, argv)
     except Preempted as exc:
         print(f"preempted: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except DiskFullError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except EmpriorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -36,7 +36,8 @@ def command(name: str, ids: tuple[str, ...] = (), torch: bool = True) -> Callabl
     def deco(func: Callable) -> Callable:
         if name in COMMANDS and COMMANDS[name].func.__qualname__ != func.__qualname__:
             raise ValueError(f"command {name!r} is defined twice")
-        doc = (inspect.getdoc(func) or "").split("\n")[0]
+        # the docstring's first paragraph, on one line: `--help` shows whole sentences
+        doc = " ".join((inspect.getdoc(func) or "").split("\n\n")[0].split())
         COMMANDS[name] = Command(name, func, tuple(i for i in IDS if i in ids), torch, doc)
         return func
 

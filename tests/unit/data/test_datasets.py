@@ -351,6 +351,9 @@ def test_download_checksums(tmp_path):
     good = hashlib.sha256(payload).hexdigest()
     dest = download(url, tmp_path / "out" / "file.bin", sha256=good, md5=hashlib.md5(payload).hexdigest())
     assert dest.read_bytes() == payload
+    mask = os.umask(0)
+    os.umask(mask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~mask  # the umask's mode (not mkstemp's 0600)
     # Already present with the right checksum: kept, not fetched again.
     src.unlink()
     assert download(url, dest, sha256=good) == dest

@@ -343,7 +343,7 @@ def _check_ddp(args, jobs, set_res, record) -> None:
         "the job's shell command is torchrun with 2 processes",
         "",
     )
-    log_path = args.workdir / "results/logs/digits/diem_tweedie/iter_001/mstep.log"
+    log_path = args.workdir / "results-tiny/logs/digits/diem_tweedie/iter_001/mstep.log"
     mlog = log_path.read_text(errors="replace") if log_path.exists() else ""
     ranks = sorted(set(re.findall(r"rank (\d) of (\d) on cpu", mlog)))
     record(ranks == [("0", "2"), ("1", "2")], "mstep.log: ranks 0 and 1 of 2 trained on the CPU",

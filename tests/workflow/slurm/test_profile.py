@@ -157,7 +157,7 @@ def test_dry_run_of_a_two_gpu_mstep(tmp_path):
     8 CPUs per GPU and runs torchrun with 2 processes; an experiment without it keeps one GPU and python."""
     overlay = tmp_path / "gpus2.yaml"
     overlay.write_text("device: cpu\nexperiments:\n  digits:\n    mstep: {gpus: 2}\n")
-    two, one = (f"results/{e}/diem_tweedie/iter_001/model.pt" for e in ("digits", "manifold"))
+    two, one = (f"results-tiny/{e}/diem_tweedie/iter_001/model.pt" for e in ("digits", "manifold"))
     out = subprocess.run(
         [sys.executable, "-m", "snakemake", "--profile", "slurm", "--configfiles", str(REPO / "config" / "tiny.yaml"),
          str(overlay), "-d", str(tmp_path), "-n", two, one],
