@@ -24,6 +24,7 @@ include: "rules/em.smk"
 include: "rules/evaluate.smk"
 include: "rules/benchmark.smk"
 include: "rules/report.smk"
+include: "rules/mri.smk"
 
 
 localrules: all
@@ -32,4 +33,5 @@ localrules: all
 rule all:
     input:
         all_targets(),
+        mri_targets(),
     default_target: True
