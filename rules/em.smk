@@ -64,6 +64,8 @@ rule init_prior:
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 60 * attempt,
+        # a GPU for the sampled (Monte Carlo) Gaussian EM of large latents (fastMRI); none for the dense one
+        gpu=lambda wc: 1 if exp_cfg(wc)["init"].get("estimator") == "sampled" else 0,
     conda:
         ENV
     log:

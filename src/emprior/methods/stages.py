@@ -32,7 +32,10 @@ def gaussian_init(job: Job, obs: Observations) -> tuple[dict[str, Any], dict[str
         from emprior.methods import make_method
         from emprior.priors.gaussian_mc import fit_gaussian_sampled
 
-        method = make_method(job.var, job.exp, where=f"experiments.{job.experiment}.variants.{job.variant}")
+        var = dict(job.var)
+        if "maxiter" in init:  # the official fit_moments solves with CG 5, the E-steps with 3
+            var["posterior"] = {**var.get("posterior", {}), "maxiter": int(init["maxiter"])}
+        method = make_method(var, job.exp, where=f"experiments.{job.experiment}.variants.{job.variant}")
         result = fit_gaussian_sampled(job, obs, method)
         return gaussian_checkpoint(result, obs.x_shape), {"seconds": time.perf_counter() - start}
     result = fit_gaussian_em(obs.op, obs.y, obs.x_shape, obs.noise_std, init["iterations"], rank=init.get("rank"),

@@ -76,3 +76,36 @@ def test_mri_settings_errors():
     bad = {"experiments": {"e": {**exp, "observation": {"operator": "pixel_mask"}}}, "mri": ok["mri"]}
     with pytest.raises(ConfigError, match=r"not fourier_lines"):
         mri_settings(bad)
+
+
+def test_samples_per_observation_and_sampled_init(tmp_path, tiny_digits):
+    """estep.samples_per_observation = 2: every observation gets 2 independent posterior samples (the
+    official fastMRI 'duplicate'), gathered by index whatever the shards; the M-step sees all 2N. And
+    init.estimator = sampled fits q_0 by Monte Carlo EM with the E-step's posterior."""
+    from emprior.core.artifacts import load_h5, load_torch
+    from emprior.core.errors import ArtifactError
+    from emprior.core.job import Job
+    from emprior.pipeline import em
+
+    variant = {"diem_tweedie": {"method": "diem", "posterior": {"method": "mmps", "covariance": "tweedie",
+                                                                 "solver": "cg", "maxiter": 1}}}
+    cfg = tiny_digits(tmp_path, variant, dataset={"n": 12}, estep={"steps": 4, "block_size": 8, "shards": 2,
+                                                                   "samples_per_observation": 2},
+                      init={"iterations": 2, "rank": 4, "estimator": "sampled", "steps": 4, "maxiter": 2})
+    d = str(tmp_path)
+    em.init_prior(Job(cfg, "digits", "diem_tweedie"), f"{d}/observations.h5", f"{d}/q0.pt")
+    q0 = load_torch(f"{d}/q0.pt")
+    assert q0["kind"] == "gaussian" and q0["U"].shape == (64, 4) and q0["tau"] > 0
+    torch.testing.assert_close(q0["U"].T @ q0["U"], torch.eye(4), atol=1e-5, rtol=0)
+    job = Job(cfg, "digits", "diem_tweedie", 1)
+    shards = [f"{d}/shard_{j}.h5" for j in range(2)]
+    for j, s in enumerate(shards):
+        em.estep(job, j, f"{d}/q0.pt", f"{d}/observations.h5", s)
+    em.gather(job, f"{d}/posterior.h5", shards)
+    post, _ = load_h5(f"{d}/posterior.h5")
+    np.testing.assert_array_equal(post["index"], np.repeat(np.arange(12), 2))
+    x = post["x"].reshape(12, 2, -1)
+    assert np.abs(x[:, 0] - x[:, 1]).max(axis=1).min() > 1e-3  # two different draws per observation
+    assert len(post["residual_ratio"]) == 24
+    with pytest.raises(ArtifactError, match="must occur estep.samples_per_observation = 2 times"):
+        em.gather(job, f"{d}/bad.h5", shards[:1])
