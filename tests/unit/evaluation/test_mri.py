@@ -109,3 +109,30 @@ def test_samples_per_observation_and_sampled_init(tmp_path, tiny_digits):
     assert len(post["residual_ratio"]) == 24
     with pytest.raises(ArtifactError, match="must occur estep.samples_per_observation = 2 times"):
         em.gather(job, f"{d}/bad.h5", shards[:1])
+
+
+def test_mri_figures_are_written(tmp_path):
+    """Figs. 6, 12, 13, 14 from a posterior.h5, observations.h5 and prior samples of the layout the rules write."""
+    from emprior.core.artifacts import save_h5
+    from emprior.core.job import Job
+    from emprior.data.observations import corrupt, save_observations
+    from emprior.report.mri_figures import figure_paths, write_mri_figures
+
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-2, 2, (3, 1, 16, 16)).astype(np.float32)
+    obs_cfg = {"operator": "fourier_lines", "options": {"acceleration": 4.0}, "noise_std": 0.01}
+    save_observations(tmp_path / "obs.h5", corrupt(x, obs_cfg, 0, "e"), {"rule": "test"})
+    data = {"truth": x}
+    for tag in ("R4", "R8", "crop"):
+        data.update({f"{tag}/zero_filled": x * 0.5, f"{tag}/samples": np.repeat(x[:, None], 2, axis=1)})
+    save_h5(tmp_path / "posterior.h5", data, attrs={"tags": ["R4", "R8", "crop"]})
+    samples = []
+    for k in (0, 1):
+        path = tmp_path / "e" / "v" / f"iter_00{k}" / "prior_samples.h5"
+        save_h5(path, {"x": x})
+        samples.append(str(path))
+    cfg = {"seed": 0, "experiments": {"e": {"variants": {"v": {}}}}}
+    write_mri_figures(Job(cfg, "e"), str(tmp_path / "posterior.h5"), str(tmp_path / "obs.h5"), "", str(tmp_path),
+                      samples)
+    for path in figure_paths(tmp_path, "e").values():
+        assert path.stat().st_size > 1000
