@@ -92,7 +92,8 @@ def gather(job: Job, out: str, shards: list[str]) -> None:
                      "block_seeds": attrs["block_seeds"], "solver": attrs["solver"]})
     index = np.concatenate(idx)
     order = np.argsort(index, kind="stable")
-    repeats = int(job.exp["estep"].get("samples_per_observation", 1))
+    exp = job.config.get("experiments", {}).get(job.experiment, {})  # gather reads no other experiment key
+    repeats = int(exp.get("estep", {}).get("samples_per_observation", 1))
     if np.any(np.unique(index, return_counts=True)[1] != repeats):
         raise ArtifactError(f"{out}: shards overlap or miss samples (every observation index must occur "
                             f"estep.samples_per_observation = {repeats} times)")
