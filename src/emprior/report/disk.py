@@ -114,10 +114,10 @@ def plan(config: dict[str, Any]) -> list[Item]:
             first = 0 if "init" in method.stages else 1
             if "estep" in method.stages:
                 rows = []
+                draws = int(exp["estep"].get("samples_per_observation", 1))  # S draws of every observation kept
                 for k in range(1, iterations + 1):
                     subset = method.estep_subset(Job(config, name, vname, k), n)
-                    # estep.samples_per_observation: S draws of every observation are kept
-                    rows.append((n if subset is None else len(subset)) * int(exp["estep"].get("samples_per_observation", 1)))
+                    rows.append((n if subset is None else len(subset)) * draws)
                 # iterations with different N_k: report the mean file and the exact total
                 raw = sum(r * (d * F32 + I64 + F32) for r in rows)
                 stored = sum(r * (d * s + I64 + F32) for r in rows)
