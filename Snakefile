@@ -25,6 +25,7 @@ include: "rules/evaluate.smk"
 include: "rules/benchmark.smk"
 include: "rules/report.smk"
 include: "rules/table4_ffhq.smk"
+include: "rules/mri.smk"
 
 
 localrules: all
@@ -33,4 +34,5 @@ localrules: all
 rule all:
     input:
         all_targets(),
+        mri_targets(),
     default_target: True

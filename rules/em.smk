@@ -52,6 +52,10 @@ def init_inputs(wc):
     return inputs
 
 
+def init_sampled(wc):
+    return exp_cfg(wc)["init"].get("estimator") == "sampled"
+
+
 rule init_prior:
     input:
         unpack(init_inputs),
@@ -62,8 +66,11 @@ rule init_prior:
         inputs=optional_inputs("clean"),
     threads: 1
     resources:
-        mem_mb=lambda wc, attempt: 4000 * attempt,
+        # the sampled (Monte Carlo) Gaussian EM of large latents (fastMRI: 4096 x 320^2 samples) gets a GPU
+        # and more memory; the dense one none
+        mem_mb=lambda wc, attempt: (16000 if init_sampled(wc) else 4000) * attempt,
         runtime=lambda wc, attempt: 60 * attempt,
+        gpu=lambda wc: 1 if init_sampled(wc) else 0,
     conda:
         ENV
     log:

@@ -28,6 +28,16 @@ def gaussian_init(job: Job, obs: Observations) -> tuple[dict[str, Any], dict[str
 
     init = job.exp["init"]
     start = time.perf_counter()
+    if init.get("estimator", "dense") == "sampled":  # Monte Carlo EM (official fit_moments), large latents
+        from emprior.methods import make_method
+        from emprior.priors.gaussian_mc import fit_gaussian_sampled
+
+        var = dict(job.var)
+        if "maxiter" in init:  # the official fit_moments solves with CG 5, the E-steps with 3
+            var["posterior"] = {**var.get("posterior", {}), "maxiter": int(init["maxiter"])}
+        method = make_method(var, job.exp, where=f"experiments.{job.experiment}.variants.{job.variant}")
+        result = fit_gaussian_sampled(job, obs, method)
+        return gaussian_checkpoint(result, obs.x_shape), {"seconds": time.perf_counter() - start}
     result = fit_gaussian_em(obs.op, obs.y, obs.x_shape, obs.noise_std, init["iterations"], rank=init.get("rank"),
                              dense_max=init.get("dense_max", 4096))
     log.info("gaussian EM: log evidence per observation %s", [round(v, 2) for v in result.log_evidence])

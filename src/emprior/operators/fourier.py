@@ -18,6 +18,10 @@ class FourierLinesOptions:
     center_fraction: float | None = draw_option(None, minimum=0,
                                                 doc="fraction of always-kept low frequencies (default 0.375 / R)")
     symmetric: bool = draw_option(False, doc="one draw per mirror pair k, -k (A^T A a projection)")
+    rule: str = draw_option("official", enum=["official", "exact"],
+                            doc="official: 2 ceil(cf W / 2) centre lines, p = (1/R - cf) / (1 - cf) (DiEM's "
+                                "make_mask); exact: round(cf W) centre lines and p such that W/R lines are "
+                                "kept on average")
 
 
 @register("fourier_lines", FourierLinesOptions)
@@ -33,10 +37,14 @@ class FourierLinesOperator(LinearOperator):
     projection iff the mask is mirror-symmetric (option ``symmetric``); otherwise the lines seen
     only on one side have singular value 1/sqrt(2).
 
-    Drawing (Jalal et al. 2021, as in the official DiEM code): the ``n_c`` lowest frequencies
-    (signed k_x in [-n_c/2, n_c/2)) are always kept, every other line with probability
-    p = (W/R - n_c) / (W - n_c), so that a fraction 1/R of the lines is kept on average.
-    Default n_c = round(W * 0.375 / R) (20 of 320 lines at R = 6, as the official code).
+    Drawing (Jalal et al. 2021): the ``n_c`` lowest frequencies (signed k_x in [-n_c/2, n_c/2)) are
+    always kept, every other line independently with probability p; centre fraction cf = 0.375 / R by
+    default. ``rule="official"`` (default) is the official DiEM ``make_mask`` (experiments/fastmri/
+    utils.py:61-78 at 09a7253): n_c = 2 ceil(cf W / 2) and p = (1/R - cf) / (1 - cf), at W = 320
+    n_c = 2 ceil(60 / R) and p = 200 / (320 R - 120): 20 lines and p = 1/9 at R = 6, where W/R lines
+    are kept on average; rounding n_c up keeps more at other R (W / E[lines] = 7.82 at R = 8, 15.6 at
+    16, 31.2 at 32 for W = 320; 7.2, 14.5, 19.8 for W = 64). ``rule="exact"``: n_c = round(cf W) and
+    p = (W/R - n_c) / (W - n_c), so that exactly a fraction 1/R of the lines is kept on average.
     """
 
     param_names = ("lines",)
@@ -73,6 +81,8 @@ class FourierLinesOperator(LinearOperator):
     @classmethod
     def draw(cls, n, x_shape, noise_std, rng, opts: FourierLinesOptions):
         acceleration, center_fraction, symmetric = opts.acceleration, opts.center_fraction, opts.symmetric
+        if opts.rule not in ("official", "exact"):
+            raise OperatorError(f"{cls.kind}: option rule must be 'official' or 'exact', got {opts.rule!r}")
         x_shape = as_shape(x_shape)
         _, _, w = image_shape(cls.kind, x_shape)
         R = float(acceleration)
@@ -83,14 +93,20 @@ class FourierLinesOperator(LinearOperator):
             raise OperatorError(f"{cls.kind}: option center_fraction must be in [0, 1/acceleration="
                                 f"{1.0 / R:.4g}], got {center_fraction!r}")
         freq = cls.signed_frequencies(w)
-        n_c = min(round(cf * w), math.floor(w / R))
+        if opts.rule == "official":
+            n_c = min(2 * math.ceil(cf * w / 2 - 1e-9), w)
+        else:
+            n_c = min(round(cf * w), math.floor(w / R))
         if symmetric:
             half = (n_c - 1) // 2 if n_c > 0 else -1
             centre = np.abs(freq) <= half
         else:
             centre = (freq >= -(n_c // 2)) & (freq < n_c - n_c // 2)
         n_c = int(centre.sum())
-        p = (w / R - n_c) / (w - n_c) if w > n_c else 0.0
+        if opts.rule == "official" and not symmetric:  # symmetric masks (not official) keep W/R on average
+            p = (1.0 / R - cf) / (1.0 - cf) if cf < 1.0 else 0.0
+        else:
+            p = (w / R - n_c) / (w - n_c) if w > n_c else 0.0
         if symmetric:
             # one coin per mirror pair {k, -k}: column k (native index) and (-k) mod w share a draw
             u = rng.random((n, w))
@@ -99,5 +115,5 @@ class FourierLinesOperator(LinearOperator):
         else:
             keep = rng.random((n, w)) < p
         lines = keep | centre[None, :]
-        recorded = {"acceleration": R, "center_fraction": cf, "symmetric": bool(symmetric)}
+        recorded = {"acceleration": R, "center_fraction": cf, "symmetric": bool(symmetric), "rule": opts.rule}
         return cls(x_shape, noise_std, {"lines": lines}, recorded)

@@ -63,9 +63,12 @@ def estep(job: Job, shard: int, model: str, observations: str, out: str) -> None
         raise ArtifactError(f"{model}: prior of shape {prior.x_shape} does not match observations {obs.x_shape}")
     method = method_of(job)
     subset = method.estep_subset(job, len(obs))
+    est = job.exp["estep"]
+    repeats = int(est.get("samples_per_observation", 1))
+    if repeats > 1:  # the observation list S times over (the official fastMRI 'duplicate'): S independent draws
+        subset = np.tile(np.arange(len(obs)) if subset is None else np.asarray(subset), repeats)
     if subset is not None:  # the shards split the subset's blocks; posterior.h5 keeps the original indices
         obs = obs.subset(np.asarray(subset))
-    est = job.exp["estep"]
     blocks = shard_blocks(len(obs), est["block_size"], est["shards"], shard)
     # finished blocks go to shard_j.h5.blocks/ (kept when the job dies or is preempted; a rerun reuses
     # those made from the same model, observations and config, whatever the number of shards)
@@ -99,8 +102,11 @@ def gather(job: Job, out: str, shards: list[str]) -> None:
                      "block_seeds": attrs["block_seeds"], "solver": attrs["solver"]})
     index = np.concatenate(idx)
     order = np.argsort(index, kind="stable")
-    if len(np.unique(index)) != len(index):
-        raise ArtifactError(f"{out}: shards overlap (duplicate observation indices)")
+    exp = job.config.get("experiments", {}).get(job.experiment, {})  # gather reads no other experiment key
+    repeats = int(exp.get("estep", {}).get("samples_per_observation", 1))
+    if np.any(np.unique(index, return_counts=True)[1] != repeats):
+        raise ArtifactError(f"{out}: shards overlap or miss samples (every observation index must occur "
+                            f"estep.samples_per_observation = {repeats} times)")
     x = np.concatenate(xs)[order]
     if not np.isfinite(x).all():
         raise ArtifactError(f"{out}: non-finite posterior samples in shards")

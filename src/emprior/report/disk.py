@@ -7,7 +7,8 @@ Bytes are those of the arrays each artifact holds, computed in closed form from 
   linearly in N: a per-observation mask grows with N, a shared kernel does not);
 * per EM iteration k of a variant with an E-step: ``posterior.h5`` and its shards (kept: the audit
   trail), each N_k x (prod(x_shape) x s + 8 + 4) bytes (samples in s bytes, int64 index, float32
-  residual ratio), N_k the E-step's observations (all, or the method's subset);
+  residual ratio), N_k the E-step's observations (all, or the method's subset) times
+  ``estep.samples_per_observation``;
 * per evaluated iteration (``evaluate.iterations``): ``prior_samples.h5``, n_samples x prod(x_shape) x s,
   and as much again in its shards when ``evaluate.shards`` > 1 (kept, like the E-step's);
 * with ``evaluate.fid``: ``data/fid_reference.h5``, the 2048-d Inception mean (float32) and covariance
@@ -115,9 +116,10 @@ def plan(config: dict[str, Any]) -> list[Item]:
             first = 0 if "init" in method.stages else 1
             if "estep" in method.stages:
                 rows = []
+                draws = int(exp["estep"].get("samples_per_observation", 1))  # S draws of every observation kept
                 for k in range(1, iterations + 1):
                     subset = method.estep_subset(Job(config, name, vname, k), n)
-                    rows.append(n if subset is None else len(subset))
+                    rows.append((n if subset is None else len(subset)) * draws)
                 # iterations with different N_k: report the mean file and the exact total
                 raw = sum(r * (d * F32 + I64 + F32) for r in rows)
                 stored = sum(r * (d * s + I64 + F32) for r in rows)

@@ -74,13 +74,14 @@ def within_box(x: torch.Tensor, max_abs: float | None, context: str) -> tuple[to
     return x[keep], dropped
 
 
-def augment(x: torch.Tensor, kinds: list[str], generator: torch.Generator) -> torch.Tensor:
-    """Image augmentations of Appendix C: horizontal flips and reflection-pad & random crop."""
+def augment(x: torch.Tensor, kinds: list[str], generator: torch.Generator, pad: int | None = None) -> torch.Tensor:
+    """Image augmentations of Appendix C: horizontal flips and reflection-pad & random crop (shift of at
+    most ``pad`` pixels, default W/8; the official fastMRI code shakes by 4)."""
     if "hflip" in kinds:
         flip = torch.rand(len(x), generator=generator, device=generator.device) < 0.5
         x = torch.where(flip.view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
     if "pad_crop" in kinds:
-        pad = max(1, x.shape[-1] // 8)
+        pad = max(1, x.shape[-1] // 8) if pad is None else int(pad)
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
         dxy = torch.randint(0, 2 * pad + 1, (2,), generator=generator, device=generator.device)
         # the crop by index_select with the offsets on the device: no device-to-host copy of (dx, dy)
@@ -218,7 +219,7 @@ def train_denoiser(denoiser: torch.nn.Module, data: torch.Tensor, schedule: Sche
     for step in tqdm(range(start_step, until), desc=context, disable=not progress, initial=start_step,
                      total=until):
         i = torch.randint(0, len(data), (mstep["batch_size"],), generator=generator, device=generator.device)
-        x = augment(data[i], mstep.get("augment", []), generator)
+        x = augment(data[i], mstep.get("augment", []), generator, mstep.get("pad"))
         if loss_fn is None:
             loss = dsm_loss(model, x, schedule, generator=generator)
         else:

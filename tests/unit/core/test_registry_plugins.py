@@ -27,7 +27,7 @@ def _typo(options: type) -> str:
 
 
 def test_the_paper_plugins_are_registered():
-    assert set(DATASETS.names()) == {"manifold", "digits", "cifar10", "ffhq", "fastmri"}
+    assert set(DATASETS.names()) == {"manifold", "digits", "cifar10", "ffhq", "fastmri", "phantom"}
     assert set(OPERATORS.names()) == {"pixel_mask", "box_mask", "projection", "fourier_lines", "blur",
                                       "downsample", "crop", "identity"}
     assert set(NETS.names()) == {"mlp", "unet"}

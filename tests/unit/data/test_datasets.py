@@ -303,7 +303,7 @@ def test_fastmri_slices_order_and_minmax(tmp_path):
     b = rng.gamma(2.0, 1e-5, (20, 32, 32))
     _mri(tmp_path / "file1000001.h5", a)
     _mri(tmp_path / "file1000000.h5", b)
-    x = load_fastmri(tmp_path, size=32)
+    x = load_fastmri(tmp_path, size=32, key="reconstruction_esc", normalize="slice")
     assert x.shape == (10 + 31, 1, 32, 32) and x.dtype == np.float32  # b: slices 10..19, a: 10..40
     np.testing.assert_allclose(x.min(axis=(1, 2, 3)), -2, atol=1e-6)
     np.testing.assert_allclose(x.max(axis=(1, 2, 3)), 2, atol=1e-6)
@@ -312,11 +312,11 @@ def test_fastmri_slices_order_and_minmax(tmp_path):
     s = b[19].astype(np.float32).astype(np.float64)
     np.testing.assert_allclose(x[9, 0], 4 * (s - s.min()) / (s.max() - s.min()) - 2, atol=1e-5)
     # Per-scan normalisation: only the scan's extremes reach -2 and 2.
-    xs = load_fastmri(tmp_path, size=32, normalize="scan")
+    xs = load_fastmri(tmp_path, size=32, key="reconstruction_esc", normalize="scan")
     v = b[10:20].astype(np.float32).astype(np.float64)
     np.testing.assert_allclose(xs[:10, 0], 4 * (v - v.min()) / (v.max() - v.min()) - 2, atol=1e-5)
     # Resizing keeps the [-2, 2] range exactly.
-    xr = load_fastmri(tmp_path, slices=(10, 12), size=16)
+    xr = load_fastmri(tmp_path, slices=(10, 12), size=16, key="reconstruction_esc", normalize="slice")
     assert xr.shape == (4, 1, 16, 16) and xr.min() == -2 and xr.max() == 2
 
 
@@ -325,14 +325,14 @@ def test_fastmri_errors(tmp_path):
         load_fastmri(tmp_path / "nowhere")
     with pytest.raises(DataError, match="no fastMRI"):
         load_fastmri(tmp_path)
-    _mri(tmp_path / "a.h5", np.ones((12, 8, 8)), key="reconstruction_rss")
-    msg = r"a.h5: no dataset 'reconstruction_esc' \(has \['kspace', 'reconstruction_rss'\]\)"
+    _mri(tmp_path / "a.h5", np.ones((12, 8, 8)), key="reconstruction_esc")
+    msg = r"a.h5: no dataset 'reconstruction_rss' \(has \['kspace', 'reconstruction_esc'\]\)"
     with pytest.raises(DataError, match=msg):
         load_fastmri(tmp_path, size=8)
     (tmp_path / "a.h5").unlink()
     _mri(tmp_path / "b.h5", np.ones((12, 64)))
     with pytest.raises(DataError, match=r"b.h5: dataset 'reconstruction_esc' has shape \(12, 64\)"):
-        load_fastmri(tmp_path, size=8)
+        load_fastmri(tmp_path, size=8, key="reconstruction_esc")
     (tmp_path / "b.h5").write_bytes(b"garbage, not HDF5")
     with pytest.raises(DataError, match="b.h5: unreadable HDF5"):
         load_fastmri(tmp_path, size=8)
@@ -397,7 +397,8 @@ def test_load_dataset_dispatch(tmp_path):
     f = load_dataset({"name": "ffhq", "root": str(tmp_path), "n": 1, "size": 4}, seed=0)
     assert f.shape == (1, 3, 4, 4) and np.all(f == 1)
     _mri(tmp_path / "s.h5", np.random.default_rng(0).random((6, 8, 8)))
-    r = load_dataset({"name": "fastmri", "root": str(tmp_path), "slices": [1, 4], "size": 8, "n": 2}, seed=0)
+    r = load_dataset({"name": "fastmri", "root": str(tmp_path), "slices": [1, 4], "size": 8, "n": 2,
+                      "key": "reconstruction_esc"}, seed=0)
     assert r.shape == (2, 1, 8, 8)
 
 
