@@ -23,7 +23,7 @@ from emprior.core.preempt import EXIT_PREEMPTED
 from emprior.pipeline.commands import COMMANDS, Command
 
 # the modules whose functions are the rule commands
-MODULES = ("data", "em", "evaluate", "report", "plan")
+MODULES = ("data", "em", "final", "evaluate", "report", "plan")
 
 
 def load_any_config(path: str) -> dict[str, Any]:

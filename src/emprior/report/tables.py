@@ -69,7 +69,7 @@ def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFra
         rows.append({
             "method": method.label, "variant": rec["variant"], "covariance": cov, "clean_data": method.clean_data(),
             "dataset": exp["dataset"]["name"], "deleted": deleted,
-            "iterations": rec["iteration"], "sinkhorn": q.get("sinkhorn"),
+            "iterations": rec.get("em_iterations", rec["iteration"]), "sinkhorn": q.get("sinkhorn"),
             "fd_digits": q.get("fd_digits"), "is_digits": q.get("is_digits"),
             "fid": q.get("fid"), "is": q.get("is"), "fid_status": q.get("fid_status", "n/a: not an image set"),
             "paper_fid": float(match.fid.iloc[0]) if len(match) else None,
