@@ -14,26 +14,34 @@ q_k(x | y). The EM recursion is
   channel-wise (:mod:`emprior.nets.conditional`; 3 + 3 = 6 input channels on CIFAR-10);
 - M-step of iteration k: (a) d_cond trained by DSM on pairs (x, y') where x runs over the E-step's
   posterior samples and y' = A' x + e is a *fresh* corruption from the experiment's observation model
-  (operator kind, options and noise_std of ``observation``): every training step draws a new operator
-  A' for every pair of its batch (:func:`recorrupt`), so two draws of the same x see different masks;
-  it continues from the previous conditional weights. (b) The unconditional denoiser d_theta trained
-  by DSM on the same samples (:func:`~.stages.denoiser_mstep`): DiffEM's "final unconditional model
-  trained on the last reconstructions", trained at every iteration so that each iteration has a prior
-  q_k whose samples and metrics are evaluated like every other method's (Fig. 4).
+  (operator kind, options and noise_std of ``observation``), drawn once per sample for the whole
+  M-step as the reference does (``recorrupt: lap``; ``step``: a new A' for every pair at every
+  training step, :func:`recorrupt`); from iteration 2 on it continues from the previous conditional
+  model's EMA weights (``conditional_warm_start: ema``, the reference's checkpoint holds them) with a
+  new optimizer and EMA (decay 0.9999 by default, the reference's). (b) An unconditional denoiser
+  d_theta trained by DSM on the same samples (:func:`~.stages.denoiser_mstep`), warm-started: not in
+  the reference, it gives every iteration a prior q_k whose samples and metrics Fig. 4 draws.
+- Final stage (``final_model``, the reference's train_uncond.py, ``rules/diffem.smk``): the last
+  conditional model draws the reconstructions of all observations once more (``<variant>/final/
+  posterior.h5``), and a *fresh* unconditional model (the ``net_init`` weights) is trained on them
+  (``final/model.pt``, :meth:`DiffEM.final_model`; ``final_mstep``, ``final_steps``), then sampled
+  and scored (``final/metrics.json``): the model DiffEM's paper evaluates, and Table 1's row.
 
 Mapping to :class:`~.base.EMMethod`: stages ``init``, ``estep``, ``mstep``; :meth:`DiffEM.posterior`
 is MMPS while ``prior.kind == "gaussian"`` and the conditional sampler afterwards; ``uses_previous(k)``
-is k >= 2 (both nets continue). model.pt is an ordinary ``kind="denoiser"`` checkpoint of d_theta
-(load_prior, prior samples and metrics unchanged) with one more key, ``"conditional"``: the conditional
+is k >= 2 (both nets continue); ``final_stage`` is the option ``final_model``. model.pt is an ordinary
+``kind="denoiser"`` checkpoint of d_theta (load_prior, prior samples and metrics unchanged) with one more key, ``"conditional"``: the conditional
 net's config, ``x_shape``, ``cond_channels``, ``weights`` (EMA), ``raw_weights`` (where the next M-step
 continues) and its ``train`` record, all plain tensors / numbers (``torch.load(weights_only=True)``).
 
 Randomness: the conditional net's initialisation ``net_init_conditional`` (per variant), its training
 noise and batches ``mstep_conditional`` (per iteration), the operators of the fresh corruptions one numpy
-stream per training step (``mstep_conditional / corruption / step``), so a resumed run (the conditional
+stream per M-step (``mstep_conditional / corruption``; ``recorrupt: step``: one per training step,
+``mstep_conditional / corruption / step``), so a resumed run (the conditional
 training is resumable like :func:`~emprior.training.mstep.train_denoiser`, from its own resume file)
 draws the same masks. Budget: both nets with the experiment's ``mstep`` settings; ``conditional_mstep``
-(e.g. DiffEM's EMA 0.9999) and ``conditional_steps`` override them for the conditional net only.
+(default: the reference's EMA 0.9999) and ``conditional_steps`` override them for the conditional net
+only, ``final_mstep`` and ``final_steps`` for the final model.
 """
 
 from __future__ import annotations
