@@ -36,3 +36,24 @@ def test_measured_rmse_closed_forms():
     assert math.isclose(prior_measured_rmse(obs, other[:100].numpy()), measured_rmse(op[np.arange(100)], y[:100],
                                                                                       other[:100]), rel_tol=1e-6)
     assert prior_measured_rmse(obs, np.zeros((5, 3))) is None
+
+
+def test_audit_lists_the_final_stage_with_the_measured_pixel_fit(tmp_path):
+    from emprior.core.artifacts import save_h5, save_json, save_torch
+    from emprior.evaluation.audit import audit_rows
+
+    for name, k in (("iter_000", 0), ("iter_001", 1), ("final", 2)):
+        d = tmp_path / "exp" / "var" / name
+        save_torch(d / "model.pt", {"kind": "denoiser", "w": torch.ones(2)})
+        save_h5(d / "prior_samples.h5", {"x": np.zeros((4, 2))})
+        rec = {"iteration": k, "quality": {"sinkhorn": 0.5}}
+        if k:
+            save_h5(d / "posterior.h5", {"x": np.zeros((4, 2))})
+            save_h5(d / "posterior" / "shard_0.h5", {"x": np.zeros((4, 2))})
+            rec["estep"] = {"residual_ratio_mean": 1.0, "shards": [{"file": "shard_0.h5"}],
+                            "measured_rmse": {"posterior": 0.01 * k, "prior_samples": 1.4, "noise_std": 1e-3}}
+        save_json(d / "metrics.json", rec)
+    df = audit_rows(tmp_path).set_index("iteration")
+    assert list(df.index) == [0, 1, 2] and df.loc[2, "stage"] == "final" and (df.flags == "ok").all()
+    assert df.loc[1, "measured_rmse"] == 0.01 and df.loc[2, "measured_rmse"] == 0.02
+    assert df.loc[2, "measured_rmse_prior"] == 1.4
