@@ -54,6 +54,6 @@ def test_audit_lists_the_final_stage_with_the_measured_pixel_fit(tmp_path):
                             "measured_rmse": {"posterior": 0.01 * k, "prior_samples": 1.4, "noise_std": 1e-3}}
         save_json(d / "metrics.json", rec)
     df = audit_rows(tmp_path).set_index("iteration")
-    assert list(df.index) == [0, 1, 2] and df.loc[2, "stage"] == "final" and (df.flags == "ok").all()
+    assert list(df.index) == [0, 1, 2] and df.loc[2, "stage"] == "final" and (df["flags"] == "ok").all()
     assert df.loc[1, "measured_rmse"] == 0.01 and df.loc[2, "measured_rmse"] == 0.02
     assert df.loc[2, "measured_rmse_prior"] == 1.4
