@@ -39,6 +39,8 @@ def test_dry_run_plans_prior_sample_shards_of_the_evaluated_iterations(tmp_path)
     inputs = re.findall(r"^\s+input: (.+)$", text, flags=re.M)
     final_model_inputs = [i for i in inputs if "dfm/final/posterior.h5" in i]
     assert any("results/digits/dfm/iter_003/model.pt" in i for i in final_model_inputs)  # drawn by the last model
+    table1 = re.findall(r"rule table1:\n\s+input: (.+)$", text, flags=re.M)  # Table 1 scores the final model
+    assert len(table1) == 1 and "dfm/final/metrics.json" in table1[0] and "dfm/iter_003/metrics" not in table1[0]
     for var in ("diem_tweedie", "diem_sigma_t"):
         d = f"results/digits/{var}"
         assert {f"{d}/iter_{k:03d}/prior_samples/shard_{j}.h5" for k in (1, 3) for j in (0, 1)} <= outputs
