@@ -326,8 +326,9 @@ def test_final_model_is_fresh_and_trained_on_the_last_conditional_nets_samples(s
     data = torch.as_tensor(post["x"])
     exp = cfg["experiments"]["digits"]
     cfg_final = merged_mstep(exp["mstep"], {"ema_decay": 0.9999}, None)
-    fresh, _ = denoiser_mstep(Job(cfg, "digits", "d", 2), data, None, str(tmp_path / "f.resume.pt"), mstep_cfg=cfg_final)
-    warm, _ = denoiser_mstep(Job(cfg, "digits", "d", 2), data, prior, str(tmp_path / "w.resume.pt"), mstep_cfg=cfg_final)
+    job2 = Job(cfg, "digits", "d", 2)
+    fresh, _ = denoiser_mstep(job2, data, None, str(tmp_path / "f.resume.pt"), mstep_cfg=cfg_final)
+    warm, _ = denoiser_mstep(job2, data, prior, str(tmp_path / "w.resume.pt"), mstep_cfg=cfg_final)
     assert all(torch.equal(ckpt["weights"][k], fresh["weights"][k]) for k in fresh["weights"])
     assert any(not torch.equal(ckpt["weights"][k], warm["weights"][k]) for k in warm["weights"])
     assert "conditional" not in ckpt
