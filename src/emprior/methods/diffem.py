@@ -32,7 +32,8 @@ is MMPS while ``prior.kind == "gaussian"`` and the conditional sampler afterward
 is k >= 2 (both nets continue); ``final_stage`` is the option ``final_model``. model.pt is an ordinary
 ``kind="denoiser"`` checkpoint of d_theta (load_prior, prior samples and metrics unchanged) with one
 more key, ``"conditional"``: the conditional net's config, ``x_shape``, ``cond_channels``, ``weights``
-(EMA: where the next M-step continues by default), ``raw_weights`` and its ``train`` record, all plain tensors / numbers (``torch.load(weights_only=True)``).
+(EMA: where the next M-step continues by default), ``raw_weights`` and its ``train`` record, all
+plain tensors / numbers (``torch.load(weights_only=True)``).
 
 Randomness: the conditional net's initialisation ``net_init_conditional`` (per variant), its training
 noise and batches ``mstep_conditional`` (per iteration), the operators of the fresh corruptions one numpy
