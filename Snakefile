@@ -21,6 +21,7 @@ if not workflow.config_settings.configfiles:
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/em.smk"
+include: "rules/diffem.smk"
 include: "rules/evaluate.smk"
 include: "rules/benchmark.smk"
 include: "rules/report.smk"

@@ -156,7 +156,9 @@ def variants_of(experiment):
 
 
 def final_metrics(experiment):
-    return [f"{itdir(experiment, v, n_iterations(experiment))}/metrics.json" for v in variants_of(experiment)]
+    # a method with a final stage (DiffEM) is scored by its final model (rules/diffem.smk)
+    return [f"{R}/{experiment}/{v}/final/metrics.json" if method(experiment, v).final_stage
+            else f"{itdir(experiment, v, n_iterations(experiment))}/metrics.json" for v in variants_of(experiment)]
 
 
 def first_metrics(experiment):
@@ -219,6 +221,7 @@ def all_targets():
         targets += all_iteration_metrics(name)
         targets += all_posterior_shards(name)
         targets += all_prior_shards(name)
+        targets += all_final_targets(name)
         targets.append(f"{R}/figures/{name}_metrics.png")
     targets += report_targets()
     return list(dict.fromkeys(targets))

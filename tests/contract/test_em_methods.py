@@ -68,3 +68,21 @@ def test_method_writes_its_iteration_artifacts(name, digits, tmp_path):
     m = json.loads((it1 / "metrics.json").read_text())
     assert m["iteration"] == 1 and m["quality"]["sinkhorn"] is not None and ("estep" in m) == (posterior is not None)
     assert load_h5(it1 / "prior_samples.h5")[0]["x"].shape[1:] == load_h5(clean)[0]["x"].shape[1:]
+    if posterior:  # the audit's measured-pixel fit, beside what ignoring y scores
+        rmse = m["estep"]["measured_rmse"]
+        assert rmse["posterior"] >= 0 and rmse["prior_samples"] > 0 and rmse["noise_std"] > 0
+    if method.final_stage:  # rules/diffem.smk: the last model draws again, a final model learns from that
+        from emprior.pipeline import final
+
+        fin, job2 = tmp_path / "final", Job(cfg, "digits", "v", 2)
+        shards = [str(fin / "posterior" / f"shard_{j}.h5") for j in range(2)]
+        for j, out in enumerate(shards):
+            em.estep(job2, j, str(it1 / "model.pt"), obs, out)
+        em.gather(job2, str(fin / "posterior.h5"), shards)
+        final.final_model(job2, str(fin / "posterior.h5"), str(it1 / "model.pt"), str(fin / "model.pt"))
+        evaluate.prior_samples(job2, str(fin / "model.pt"), str(fin / "prior_samples.h5"))
+        evaluate.metrics(job2, str(fin / "model.pt"), str(fin / "prior_samples.h5"), clean, obs,
+                         str(fin / "metrics.json"), posterior=str(fin / "posterior.h5"))
+        mf = json.loads((fin / "metrics.json").read_text())
+        assert mf["stage"] == "final" and mf["em_iterations"] == 1 and mf["quality"]["sinkhorn"] is not None
+        assert mf["final_source"]["model_sha256"] == verify(it1 / "model.pt")["sha256"]

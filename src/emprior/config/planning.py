@@ -43,6 +43,7 @@ class MethodFacts:
     estep_check: bool
     init_needs_clean: bool
     previous_at: tuple[int, ...]  # iterations k whose M-step starts from iter_{k-1}/model.pt
+    final_stage: bool = False  # <variant>/final/ jobs after the last iteration (EMMethod.final_stage)
 
     def uses_previous(self, iteration: int) -> bool:
         return iteration in self.previous_at
@@ -68,7 +69,8 @@ class PlanFacts:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PlanFacts:
         methods = {e: {v: MethodFacts(m["name"], tuple(m["stages"]), bool(m["estep_check"]),
-                                      bool(m["init_needs_clean"]), tuple(m["previous_at"]))
+                                      bool(m["init_needs_clean"]), tuple(m["previous_at"]),
+                                      bool(m.get("final_stage", False)))
                        for v, m in vs.items()} for e, vs in data["methods"].items()}
         return cls(methods, str(data["inception_weights"]), str(data["key"]),
                    tuple((list(p), v) for p, v in data.get("coercions", [])))
@@ -132,7 +134,7 @@ def compute_facts(config: dict[str, Any], source: str = "config", key: str = "")
             m = make_method(var, exp, where=f"experiments.{name}.variants.{vname}")
             methods[name][vname] = MethodFacts(
                 var["method"], tuple(m.stages), bool(m.estep_check), bool(m.init_needs_clean),
-                tuple(k for k in range(1, exp["iterations"] + 1) if m.uses_previous(k)))
+                tuple(k for k in range(1, exp["iterations"] + 1) if m.uses_previous(k)), bool(m.final_stage))
     weights = inception_weights_path((config.get("metrics") or {}).get("inception_weights"))
     return PlanFacts(methods, str(weights), key, coercions)
 

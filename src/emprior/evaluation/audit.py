@@ -63,12 +63,16 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
     last = {}
     for it_dir in it_dirs:
         last[it_dir.parent] = max(last.get(it_dir.parent, 0), int(ITER.search(it_dir.name).group(1)))
-    for it_dir in it_dirs:
+    # a method's final stage (<variant>/final/, e.g. DiffEM's) is audited as the iteration after the last
+    finals = sorted(p for p in results.glob("**/final") if p.is_dir() and p.parent in last)
+    for it_dir in it_dirs + finals:
         experiment, variant = it_dir.parent.parent.relative_to(results).as_posix(), it_dir.parent.name
-        k = int(ITER.search(it_dir.name).group(1))
+        k = last[it_dir.parent] + 1 if it_dir.name == "final" else int(ITER.search(it_dir.name).group(1))
         flags: list[str] = []
         lossy: dict[str, str] = {}
         row: dict[str, Any] = {"experiment": experiment, "variant": variant, "iteration": k}
+        if it_dir.name == "final":
+            row["stage"] = "final"
         # evaluate.iterations may leave an iteration before the last without prior samples and metrics
         evaluated = k == last[it_dir.parent] or any((it_dir / n).exists() for n in EVALUATION)
         names = ["model.pt"] + (["prior_samples.h5", "metrics.json"] if evaluated else [])
@@ -114,6 +118,9 @@ def audit_rows(results: str | Path, residual_blowup: float = 10.0, breakdown_lim
                 "residual_ratio": e.get("residual_ratio_mean"),
                 # the mean is what the blow-up flag reads; a few samples thrown far off dominate it
                 "residual_median": (e.get("residual_ratio_q") or {}).get("0.5"),
+                # does the E-step use y: its samples' RMSE on the measured pixels vs the prior samples'
+                "measured_rmse": (e.get("measured_rmse") or {}).get("posterior"),
+                "measured_rmse_prior": (e.get("measured_rmse") or {}).get("prior_samples"),
                 # per posterior sample and CG step; the count alone has no denominator
                 "breakdown_pct": None if e.get("breakdown_fraction") is None else 100 * e["breakdown_fraction"],
                 "loss_last": (ms.get("loss") or {}).get("last"),

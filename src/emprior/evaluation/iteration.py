@@ -126,6 +126,10 @@ def iteration_metrics(job, model: str, samples: str, clean: str, observations: s
                           "tau": ckpt.get("tau")}
     else:
         train = ckpt.get("train", {})
+        if train.get("stage") == "final":  # a method's final model (e.g. DiffEM's), after iteration - 1 EM iterations
+            record["stage"] = "final"
+            record["em_iterations"] = iteration - 1
+            record["final_source"] = train.get("source")
         record["mstep"] = {"steps": train.get("steps"), "loss": loss_summary(train.get("loss", [])),
                            "dropped": train.get("dropped", 0), "n_data": train.get("n_data")}
     artifacts = {"model.pt": verify(model)["sha256"], "prior_samples.h5": verify(samples)["sha256"],
@@ -143,6 +147,7 @@ def iteration_metrics(job, model: str, samples: str, clean: str, observations: s
             "shards": [{"file": s["file"], "sha256": s["sha256"], "blocks": s["blocks"],
                         "block_seeds": s["block_seeds"]} for s in shards],
         }
+        record["estep"]["measured_rmse"] = _measured_rmse(observations, pdata, x)
         est = exp["estep"]
         solves = len(ratio) * est["steps"] * (1 + est.get("corrections", 0))
         record["estep"]["breakdown_fraction"] = record["estep"]["solver"].get("breakdowns", 0.0) / max(1, solves)
@@ -167,6 +172,22 @@ def iteration_metrics(job, model: str, samples: str, clean: str, observations: s
     record["timing"] = timing
     save_json(out, _clean_floats(record), job.provenance("iteration_metrics"))
     log.info("metrics %s/%s iter %d: %s", experiment, variant, iteration, record.get("quality"))
+
+
+def _measured_rmse(observations: str, pdata: dict[str, np.ndarray], prior_x: np.ndarray) -> dict[str, Any]:
+    """Measured-pixel RMSE of the E-step samples, and of the prior samples paired with the same first
+    observations (what ignoring y scores; :mod:`emprior.evaluation.measured`)."""
+    import torch
+
+    from emprior.data.observations import load_observations
+    from emprior.evaluation.measured import measured_rmse, prior_measured_rmse
+
+    obs = load_observations(observations)
+    rows = np.asarray(pdata["index"], dtype=np.int64)  # positions in observations.h5 (the E-step's rows)
+    op = obs.op[rows] if len(obs.op) > 1 else obs.op
+    return {"posterior": measured_rmse(op, obs.y[rows], torch.as_tensor(pdata["x"])),
+            "prior_samples": prior_measured_rmse(obs, prior_x) if np.isfinite(prior_x).all() else None,
+            "noise_std": float(obs.noise_std)}
 
 
 def _clean_floats(obj: Any) -> Any:

@@ -44,6 +44,10 @@ class EMMethod:
     estep_check: ClassVar[bool] = False
     # the init stage reads clean.h5 too (a method that starts from clean data, e.g. EMDiffusion)
     init_needs_clean: ClassVar[bool] = False
+    # a final stage after the last iteration (<variant>/final/: E-step with the last model, a model
+    # trained on those samples, its prior samples and metrics.json), which Table 1 evaluates; e.g.
+    # DiffEM's fresh unconditional model on the last conditional model's reconstructions
+    final_stage: ClassVar[bool] = False
     # the method's name in Table 1 and the paper tables (diem-arxiv Table 1, the peers' papers)
     label: ClassVar[str] = ""
 
@@ -83,6 +87,12 @@ class EMMethod:
         """q_k as a model.pt checkpoint dict (and sidecar numbers), trained on ``data``: the gathered
         posterior samples, or the observations' y for a method without an E-step (``obs`` is given then)."""
         raise NotImplementedError(f"{type(self).__name__} has no M-step")
+
+    def final_model(self, job: Job, data: torch.Tensor, source: dict[str, Any], resume_path: str
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The final stage's model.pt (``final_stage`` only), trained on ``data``: the samples that the
+        last iteration's model drew for the observations (``source``: their paths and checksums)."""
+        raise NotImplementedError(f"{type(self).__name__} has no final stage")
 
     # -- evaluation ----------------------------------------------------------------------------
     def sample_prior(self, job: Job, prior: Prior, n: int, generator: torch.Generator,

@@ -14,26 +14,35 @@ q_k(x | y). The EM recursion is
   channel-wise (:mod:`emprior.nets.conditional`; 3 + 3 = 6 input channels on CIFAR-10);
 - M-step of iteration k: (a) d_cond trained by DSM on pairs (x, y') where x runs over the E-step's
   posterior samples and y' = A' x + e is a *fresh* corruption from the experiment's observation model
-  (operator kind, options and noise_std of ``observation``): every training step draws a new operator
-  A' for every pair of its batch (:func:`recorrupt`), so two draws of the same x see different masks;
-  it continues from the previous conditional weights. (b) The unconditional denoiser d_theta trained
-  by DSM on the same samples (:func:`~.stages.denoiser_mstep`): DiffEM's "final unconditional model
-  trained on the last reconstructions", trained at every iteration so that each iteration has a prior
-  q_k whose samples and metrics are evaluated like every other method's (Fig. 4).
+  (operator kind, options and noise_std of ``observation``), drawn once per sample for the whole
+  M-step as the reference does (``recorrupt: lap``; ``step``: a new A' for every pair at every
+  training step, :func:`recorrupt`); from iteration 2 on it continues from the previous conditional
+  model's EMA weights (``conditional_warm_start: ema``, the reference's checkpoint holds them) with a
+  new optimizer and EMA (decay 0.9999 by default, the reference's). (b) An unconditional denoiser
+  d_theta trained by DSM on the same samples (:func:`~.stages.denoiser_mstep`), warm-started: not in
+  the reference, it gives every iteration a prior q_k whose samples and metrics Fig. 4 draws.
+- Final stage (``final_model``, the reference's train_uncond.py, ``rules/diffem.smk``): the last
+  conditional model draws the reconstructions of all observations once more (``<variant>/final/
+  posterior.h5``), and a *fresh* unconditional model (the ``net_init`` weights) is trained on them
+  (``final/model.pt``, :meth:`DiffEM.final_model`; ``final_mstep``, ``final_steps``), then sampled
+  and scored (``final/metrics.json``): the model DiffEM's paper evaluates, and Table 1's row.
 
 Mapping to :class:`~.base.EMMethod`: stages ``init``, ``estep``, ``mstep``; :meth:`DiffEM.posterior`
 is MMPS while ``prior.kind == "gaussian"`` and the conditional sampler afterwards; ``uses_previous(k)``
-is k >= 2 (both nets continue). model.pt is an ordinary ``kind="denoiser"`` checkpoint of d_theta
-(load_prior, prior samples and metrics unchanged) with one more key, ``"conditional"``: the conditional
-net's config, ``x_shape``, ``cond_channels``, ``weights`` (EMA), ``raw_weights`` (where the next M-step
-continues) and its ``train`` record, all plain tensors / numbers (``torch.load(weights_only=True)``).
+is k >= 2 (both nets continue); ``final_stage`` is the option ``final_model``. model.pt is an ordinary
+``kind="denoiser"`` checkpoint of d_theta (load_prior, prior samples and metrics unchanged) with one
+more key, ``"conditional"``: the conditional net's config, ``x_shape``, ``cond_channels``, ``weights``
+(EMA: where the next M-step continues by default), ``raw_weights`` and its ``train`` record, all
+plain tensors / numbers (``torch.load(weights_only=True)``).
 
 Randomness: the conditional net's initialisation ``net_init_conditional`` (per variant), its training
 noise and batches ``mstep_conditional`` (per iteration), the operators of the fresh corruptions one numpy
-stream per training step (``mstep_conditional / corruption / step``), so a resumed run (the conditional
+stream per M-step (``mstep_conditional / corruption``; ``recorrupt: step``: one per training step,
+``mstep_conditional / corruption / step``), so a resumed run (the conditional
 training is resumable like :func:`~emprior.training.mstep.train_denoiser`, from its own resume file)
 draws the same masks. Budget: both nets with the experiment's ``mstep`` settings; ``conditional_mstep``
-(e.g. DiffEM's EMA 0.9999) and ``conditional_steps`` override them for the conditional net only.
+(default: the reference's EMA 0.9999) and ``conditional_steps`` override them for the conditional net
+only, ``final_mstep`` and ``final_steps`` for the final model.
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ from torch import Tensor
 from emprior.core.errors import ArtifactError, ConfigError
 from emprior.core.log import get_logger
 from emprior.core.registry import option
-from emprior.core.rng import derive_seed, numpy_rng
+from emprior.core.rng import derive_seed, numpy_rng, torch_generator
 from emprior.methods.base import EM_METHODS, EMMethod
 from emprior.methods.stages import cpu_state, denoiser_mstep, gaussian_init
 from emprior.posterior.base import PosteriorDenoiser, col
@@ -73,13 +82,40 @@ class DiffEMOptions:
     conditional_steps: int | None = option(None, minimum=1,
                                            doc="training steps of the conditional model per M-step "
                                                "(default: the experiment's mstep budget)")
-    conditional_mstep: dict = option({}, doc="overrides of the experiment's mstep settings for the conditional "
-                                             "model only, e.g. {ema_decay: 0.9999}")
+    conditional_mstep: dict = option({"ema_decay": 0.9999},
+                                     doc="overrides of the experiment's mstep settings for the conditional "
+                                         "model only (reference: EMA 0.9999, conf/train.yaml)")
     conditional_net: dict | None = option(None, doc="net config of the conditional model "
                                                     "(default: the experiment's denoiser)")
-    unconditional_warm_start: bool = option(True, doc="the unconditional model continues from the previous "
-                                                      "iteration's weights (false: trained afresh on each "
-                                                      "iteration's reconstructions)")
+    conditional_warm_start: str = option("ema", enum=["ema", "raw"],
+                                         doc="weights the conditional model of iteration k >= 2 continues from: "
+                                             "the previous EMA weights (reference) or the raw ones")
+    recorrupt: str = option("lap", enum=["lap", "step"],
+                            doc="fresh corruption of the M-step's samples once per M-step, one per sample "
+                                "(reference) or a new one for every pair at every training step")
+    unconditional_warm_start: bool = option(True, doc="the per-iteration unconditional model continues from the "
+                                                      "previous iteration's weights (false: trained afresh on "
+                                                      "each iteration's reconstructions)")
+    final_model: bool = option(True, doc="DiffEM's final stage (reference): regenerate the reconstructions with "
+                                         "the last conditional model and train a fresh unconditional model on "
+                                         "them (<variant>/final/); Table 1 evaluates it")
+    final_mstep: dict = option({"ema_decay": 0.9999},
+                               doc="overrides of the experiment's mstep settings for the final unconditional "
+                                   "model (reference: the conditional run's settings, EMA 0.9999)")
+    final_steps: int | None = option(None, minimum=1,
+                                     doc="training steps of the final unconditional model (default: the "
+                                         "experiment's mstep budget)")
+
+
+def merged_mstep(mstep: dict[str, Any], over: dict[str, Any], steps: int | None) -> dict[str, Any]:
+    """The experiment's mstep settings with ``over`` applied and, if given, ``steps`` (replacing epochs)."""
+    cfg = dict(mstep)
+    if "steps" in over or steps is not None:
+        cfg.pop("epochs", None)
+    cfg.update(over)
+    if steps is not None:
+        cfg["steps"] = int(steps)
+    return cfg
 
 
 def recorrupt(x: Tensor, obs_cfg: dict[str, Any], rng: np.random.Generator,
@@ -151,24 +187,30 @@ class DiffEM(EMMethod):
         from emprior.posterior import POSTERIOR_SAMPLERS
 
         POSTERIOR_SAMPLERS.options(self.sampler, self.sampler_options, where=f"{where}.first_posterior")
-        over = dict(self.options.conditional_mstep)
-        if over:
-            import jsonschema
-
-            from emprior.config.loading import load_schema
-
-            full = load_schema()
-            schema = {**full["$defs"]["experiment"]["properties"]["mstep"], "$defs": full["$defs"]}
-            merged = {**self.exp.get("mstep", {}), **over}
-            if "steps" in over:
-                merged.pop("epochs", None)
-            err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(merged))
-            if err is not None:
-                path = ".".join(str(q) for q in err.absolute_path)
-                raise ConfigError(f"{where}.conditional_mstep{'.' + path if path else ''}: {err.message}")
+        for key in ("conditional_mstep", "final_mstep"):
+            self._validate_mstep(getattr(self.options, key), f"{where}.{key}")
         net = self.options.conditional_net
         if net is not None:
             NETS.options(net.get(NETS.key), net, where=f"{where}.conditional_net")
+
+    def _validate_mstep(self, over: dict[str, Any], where: str) -> None:
+        if not over or "mstep" not in self.exp:  # no mstep: the experiment's own validation says so
+            return
+        import jsonschema
+
+        from emprior.config.loading import load_schema
+
+        full = load_schema()
+        schema = {**full["$defs"]["experiment"]["properties"]["mstep"], "$defs": full["$defs"]}
+        merged = merged_mstep(self.exp.get("mstep", {}), dict(over), None)
+        err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(merged))
+        if err is not None:
+            path = ".".join(str(q) for q in err.absolute_path)
+            raise ConfigError(f"{where}{'.' + path if path else ''}: {err.message}")
+
+    @property
+    def final_stage(self) -> bool:
+        return bool(self.options.final_model)
 
     def init_prior(self, job, obs, clean=None):
         return gaussian_init(job, obs)
@@ -205,47 +247,61 @@ class DiffEM(EMMethod):
 
     def conditional_mstep(self, job: Job, x: Tensor, previous: Prior | None, resume_path: str | None
                           ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Train d_cond by DSM on (x, fresh corruption of x) pairs; the checkpoint's ``"conditional"``."""
+        """Train d_cond by DSM on (x, fresh corruption of x) pairs; the checkpoint's ``"conditional"``.
+
+        Iteration k >= 2 continues from the previous conditional weights (EMA by default, as the
+        reference's lap k loads checkpoint_{k-1}, which holds the EMA weights), with a new optimizer
+        and an EMA restarted from those weights (train_conditional.py:143,233-234,269-273)."""
         from emprior.diffusion.loss import dsm_loss
         from emprior.diffusion.schedule import Schedule
         from emprior.nets.conditional import build_conditional_denoiser
         from emprior.training.mstep import em_mstep
 
-        exp = self.exp
+        exp, opts = self.exp, self.options
         x_shape = tuple(x.shape[1:])
-        cond_channels = int(x_shape[0])
+        channels = cond_channels = int(x_shape[0])
         net_cfg = self.conditional_config()
         torch.manual_seed(derive_seed(job.seed, job.experiment, job.variant, "net_init_conditional"))
         net = build_conditional_denoiser(net_cfg, x_shape, cond_channels).to(job.device)
         prev = previous.checkpoint.get("conditional") if previous is not None else None
+        warm = None
         if prev is not None:
-            net.load_state_dict(prev["raw_weights"])
+            warm = "weights" if opts.conditional_warm_start == "ema" else "raw_weights"
+            net.load_state_dict(prev[warm])
         elif previous is not None:
             log.info("%s: previous model has no conditional weights; the conditional model starts afresh", job.context)
-        mstep_cfg = dict(exp["mstep"])
-        over = dict(self.options.conditional_mstep)
-        if "steps" in over:
-            mstep_cfg.pop("epochs", None)
-        mstep_cfg.update(over)
-        if self.options.conditional_steps is not None:
-            mstep_cfg.pop("epochs", None)
-            mstep_cfg["steps"] = int(self.options.conditional_steps)
+        mstep_cfg = merged_mstep(exp["mstep"], dict(opts.conditional_mstep), opts.conditional_steps)
         obs_cfg = dict(exp["observation"])
         seed, stream = job.seed, job.stream(STREAM, "corruption")
 
-        def loss_fn(model, xb, schedule, generator, step):
-            op, y = recorrupt(xb, obs_cfg, numpy_rng(seed, *stream, step), generator)
-            c = condition(op, y)
-            return dsm_loss(lambda x_t, sigma: model(x_t, c, sigma), xb, schedule, generator=generator)
+        if opts.recorrupt == "lap":
+            # one corruption per sample for the whole M-step (train_conditional.py:310): the pairs are
+            # the data, x and A'^T y' side by side in the channels
+            op, y = recorrupt(x, obs_cfg, numpy_rng(seed, *stream), torch_generator(seed, *stream))
+            data = torch.cat([x, condition(op, y)], dim=1)
 
-        result = em_mstep(net, x.to(job.device), Schedule(**exp["schedule"]), mstep_cfg, job.generator(STREAM),
+            def loss_fn(model, xb, schedule, generator, step):
+                xs, c = xb[:, :channels], xb[:, channels:]
+                return dsm_loss(lambda x_t, sigma: model(x_t, c, sigma), xs, schedule, generator=generator)
+        else:
+            data = x
+
+            def loss_fn(model, xb, schedule, generator, step):
+                op, y = recorrupt(xb, obs_cfg, numpy_rng(seed, *stream, step), generator)
+                c = condition(op, y)
+                return dsm_loss(lambda x_t, sigma: model(x_t, c, sigma), xb, schedule, generator=generator)
+
+        result = em_mstep(net, data.to(job.device), Schedule(**exp["schedule"]), mstep_cfg, job.generator(STREAM),
                           f"M-step (conditional) {job.context}", resume_path=resume_path, loss_fn=loss_fn,
                           precision=job.precision)
+        corruption = ("one fresh operator per sample for the M-step" if opts.recorrupt == "lap"
+                      else "fresh operator per pair and training step")
         part = {"net": net_cfg, "x_shape": list(x_shape), "cond_channels": cond_channels,
                 "weights": cpu_state(net.state_dict()), "raw_weights": cpu_state(result["raw"]),
                 "observation": obs_cfg,
                 "train": {"loss": result["loss"], "steps": result["steps"], "dropped": result["dropped"],
-                          "n_data": result["n_data"], "corruption": "fresh operator per pair and training step"}}
+                          "n_data": result["n_data"], "corruption": corruption,
+                          "warm_start": warm or "none", "ema_decay": mstep_cfg.get("ema_decay")}}
         return part, {"seconds": result["seconds"], "resumed_from": result["resumed_from"]}
 
     def mstep(self, job, data, previous, obs, resume_path):
@@ -261,6 +317,19 @@ class DiffEM(EMMethod):
         runtime = {**rt, "conditional_seconds": cond_rt["seconds"],
                    "conditional_resumed_from": cond_rt["resumed_from"], "total_seconds": time.perf_counter() - start}
         return ckpt, runtime
+
+    # -- final stage ----------------------------------------------------------------------------
+    def final_model(self, job: Job, data: Tensor, source: dict[str, Any], resume_path: str
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """DiffEM's final model (train_unconditional.py:65-101): a *fresh* unconditional denoiser (the
+        ``net_init`` weights, no previous model) trained by DSM on ``data``, the reconstructions that the
+        last conditional model drew for the observations; ``source`` (paths and checksums of those samples
+        and of the model that drew them) is recorded in the checkpoint's ``train.source``."""
+        cfg = merged_mstep(self.exp["mstep"], dict(self.options.final_mstep), self.options.final_steps)
+        ckpt, rt = denoiser_mstep(job, data, None, resume_path, mstep_cfg=cfg)
+        ckpt["train"] = {**ckpt["train"], "stage": "final", "fresh": True, "source": dict(source),
+                         "ema_decay": cfg.get("ema_decay")}
+        return ckpt, rt
 
     def checkpoint_networks(self, x_shape, op):
         from emprior.nets.conditional import build_conditional_denoiser

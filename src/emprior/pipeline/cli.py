@@ -29,7 +29,7 @@ DESCRIPTION = ("Run one step of the emprior workflow (one command per Snakemake 
                "validate config files, or rerun the job that wrote an artifact and compare bytes.")
 
 # the modules whose functions are the rule commands
-MODULES = ("data", "em", "evaluate", "report", "plan", "table4_ffhq", "mri")
+MODULES = ("data", "em", "final", "evaluate", "report", "plan", "table4_ffhq", "mri")
 
 
 def load_any_config(path: str) -> dict[str, Any]:

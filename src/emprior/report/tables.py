@@ -104,7 +104,7 @@ def table1_frame(config: dict[str, Any], metrics_paths: list[str]) -> pd.DataFra
         row: dict[str, Any] = {
             "method": method.label, "variant": rec["variant"], "covariance": cov, "clean_data": method.clean_data(),
             "dataset": exp["dataset"]["name"], "deleted": deleted, "seeds": len(runs),
-            "q0_iteration": q0s[0]["iteration"], "iterations": rec["iteration"]}
+            "q0_iteration": q0s[0]["iteration"], "iterations": rec.get("em_iterations", rec["iteration"])}
         for name in ("sinkhorn", "fd_digits", "is_digits", "fid", "is"):
             mean, half, each = _over_seeds([r.get("quality", {}).get(name) for r in finals])
             if name in SEED_METRICS:

@@ -118,7 +118,7 @@ def test_mstep_draws_new_masks_every_step_from_the_job_streams(setup, monkeypatc
         return op, y
 
     monkeypatch.setattr(diffem_module, "recorrupt", spy)
-    method = _method(cfg)
+    method = _method(cfg, recorrupt="step")
     job = Job(cfg, "digits", "d", 1)
     part, _ = method.conditional_mstep(job, x, None, None)
     assert len(seen) == 4 and all(len(m) == cfg["experiments"]["digits"]["mstep"]["batch_size"] for m in seen)
@@ -129,7 +129,7 @@ def test_mstep_draws_new_masks_every_step_from_the_job_streams(setup, monkeypatc
     ref = make_operator("pixel_mask", len(seen[2]), (1, 8, 8), 1e-3, rng, deleted=0.75).params()["mask"]
     assert np.array_equal(seen[2], ref)
     # deterministic: the same job trains the same weights
-    again, _ = _method(cfg).conditional_mstep(job, x, None, None)
+    again, _ = _method(cfg, recorrupt="step").conditional_mstep(job, x, None, None)
     assert all(torch.equal(part["weights"][k], again["weights"][k]) for k in part["weights"])
 
 
@@ -175,7 +175,7 @@ def test_model_pt_round_trip_with_conditional_weights(setup):
     net = _method(cfg).conditional(prior)
     assert all(torch.equal(net.state_dict()[k], part["weights"][k]) for k in part["weights"])
     assert not Path(str(path1) + ".resume.pt.conditional.pt").exists()
-    # iteration 2 continues both nets from iteration 1's raw weights
+    # iteration 2 continues both nets from iteration 1's weights (conditional: EMA, unconditional: raw)
     path2, ckpt2 = _mstep(cfg, d, x, 2, previous=prior, name="rt")
     fresh = _method(cfg).mstep(Job(cfg, "digits", "d", 2), x, None, None, str(d / "fresh.resume.pt"))[0]
     for key in ("raw_weights",):
@@ -192,7 +192,7 @@ def test_model_pt_round_trip_with_conditional_weights(setup):
 def test_conditional_training_resumes_to_identical_weights(setup, monkeypatch, tmp_path):
     cfg, d, x = setup
     job = Job(cfg, "digits", "d", 1)
-    ref, _ = _method(cfg).mstep(job, x, None, None, str(tmp_path / "ref.pt.resume.pt"))
+    ref, _ = _method(cfg, recorrupt="step").mstep(job, x, None, None, str(tmp_path / "ref.pt.resume.pt"))
     calls = {"n": 0}
 
     def dying(*a, **k):
@@ -204,10 +204,10 @@ def test_conditional_training_resumes_to_identical_weights(setup, monkeypatch, t
     resume = str(tmp_path / "model.pt.resume.pt")
     monkeypatch.setattr(diffem_module, "recorrupt", dying)
     with pytest.raises(KeyboardInterrupt):
-        _method(cfg).mstep(job, x, None, None, resume)
+        _method(cfg, recorrupt="step").mstep(job, x, None, None, resume)
     assert Path(resume + ".conditional.pt").exists()
     monkeypatch.setattr(diffem_module, "recorrupt", recorrupt)
-    got, runtime = _method(cfg).mstep(job, x, None, None, resume)
+    got, runtime = _method(cfg, recorrupt="step").mstep(job, x, None, None, resume)
     assert runtime["conditional_resumed_from"] == 3 and not Path(resume + ".conditional.pt").exists()
     for key in ("weights", "raw_weights"):
         for k, v in ref["conditional"][key].items():
@@ -229,3 +229,132 @@ def test_conditional_mstep_overrides_only_the_conditional_model(setup, tmp_path)
     with pytest.raises(Exception, match="conditional_mstep"):
         validate_config(bad)
         make_method(bad["experiments"]["digits"]["variants"]["d"], bad["experiments"]["digits"])
+
+
+# -- (5) the reference's M-step: EMA warm start, one corruption per sample per M-step --------------
+def _capture_em_mstep(monkeypatch):
+    """Patch em_mstep to record the conditional net's weights and data when training starts."""
+    import emprior.training.mstep as mstep_module
+
+    seen = []
+    real = mstep_module.em_mstep
+
+    def spy(net, x, *a, **k):
+        if "conditional" in k.get("context", a[3] if len(a) > 3 else ""):
+            seen.append(({n: v.clone() for n, v in net.state_dict().items()}, x.clone()))
+        return real(net, x, *a, **k)
+
+    monkeypatch.setattr(mstep_module, "em_mstep", spy)
+    return seen
+
+
+def test_conditional_net_continues_from_the_previous_ema_weights(setup, monkeypatch):
+    cfg, d, x = setup
+    path, ckpt1 = _mstep(cfg, d, x, 1, name="warm")
+    prev = ckpt1["conditional"]
+    assert prev["train"]["warm_start"] == "none" and prev["train"]["ema_decay"] == 0.9999  # the reference's EMA
+    assert any(not torch.equal(prev["weights"][k], prev["raw_weights"][k]) for k in prev["weights"])
+    prior = load_prior(path)
+    seen = _capture_em_mstep(monkeypatch)
+    part, _ = _method(cfg).conditional_mstep(Job(cfg, "digits", "d", 2), x, prior, None)
+    start = seen[-1][0]
+    assert all(torch.equal(start[k], prev["weights"][k]) for k in prev["weights"])  # EMA, not raw
+    assert part["train"]["warm_start"] == "weights"
+    _method(cfg, conditional_warm_start="raw").conditional_mstep(Job(cfg, "digits", "d", 2), x, prior, None)
+    assert all(torch.equal(seen[-1][0][k], prev["raw_weights"][k]) for k in prev["raw_weights"])
+
+
+def test_one_fresh_corruption_per_sample_for_the_whole_mstep(setup, monkeypatch):
+    cfg, d, x = setup
+    seen = _capture_em_mstep(monkeypatch)
+    job = Job(cfg, "digits", "d", 1)
+    part, _ = _method(cfg).conditional_mstep(job, x, None, None)
+    data = seen[-1][1]
+    assert data.shape == (len(x), 2, 8, 8)  # x and A'^T y' side by side: each pair fixed for all steps
+    assert torch.equal(data[:, :1], x)
+    c = data[:, 1:]
+    measured = c != 0
+    frac = float(measured.float().mean())
+    assert abs(frac - 0.25) < 4 * math.sqrt(0.25 * 0.75 / c.numel()), frac
+    assert float((c - x)[measured].abs().max()) < 1e-2  # y' = A' x + 1e-3 noise on the measured pixels
+    rng = numpy_rng(cfg["seed"], *job.stream("mstep_conditional", "corruption"))
+    ref = make_operator("pixel_mask", len(x), (1, 8, 8), 1e-3, rng, deleted=0.75).params()["mask"]
+    assert torch.equal(measured, torch.as_tensor(ref, dtype=torch.bool)[:, None].expand_as(measured))
+    assert part["train"]["corruption"].startswith("one fresh operator per sample")
+
+
+# -- (6) the final stage: a fresh unconditional model on the last conditional net's samples -------
+def test_final_model_is_fresh_and_trained_on_the_last_conditional_nets_samples(setup, tmp_path):
+    from emprior.pipeline import final as final_rules
+
+    cfg, d, x = setup
+    method = _method(cfg)
+    assert method.final_stage and not make_method({"method": "diem"}, cfg["experiments"]["digits"]).final_stage
+    last, _ = _mstep(cfg, d, x, 1, name="last")  # iterations: 1 in tiny.yaml -> the final stage is "iteration 2"
+    fdir = tmp_path / "final"
+    shards = []
+    for j in range(2):
+        shards.append(str(fdir / "posterior" / f"shard_{j}.h5"))
+        em_rules.estep(Job(cfg, "digits", "d", 2), j, str(last), str(d / "observations.h5"), shards[-1])
+    em_rules.gather(Job(cfg, "digits", "d", 2), str(fdir / "posterior.h5"), shards)
+    post, _ = load_h5(fdir / "posterior.h5")
+    # the samples are the last conditional net's: the same blocks drawn directly with it agree
+    from emprior.data.observations import load_observations
+
+    obs = load_observations(d / "observations.h5")
+    prior = load_prior(last)
+    direct = run_estep(prior, method, obs, Job(cfg, "digits", "d", 2), [0])
+    assert np.array_equal(post["x"][direct["index"].numpy() if hasattr(direct["index"], "numpy")
+                                    else direct["index"]], direct["x"].numpy())
+    out = fdir / "model.pt"
+    final_rules.final_model(Job(cfg, "digits", "d", 2), str(fdir / "posterior.h5"), str(last), str(out))
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    src = ckpt["train"]["source"]
+    assert ckpt["kind"] == "denoiser" and ckpt["train"]["stage"] == "final" and ckpt["train"]["fresh"]
+    assert src["posterior"] == "final/posterior.h5" and src["model"] == f"{d.name}/last_1.pt"
+    from emprior.core.artifacts import verify
+
+    assert src["posterior_sha256"] == verify(fdir / "posterior.h5")["sha256"]
+    assert src["model_sha256"] == verify(last)["sha256"]
+    prov = verify(out)["provenance"]
+    assert prov["rule"] == "final_model" and prov["trained_on"] == "final/posterior.h5"
+    assert prov["drawn_by_sha256"] == verify(last)["sha256"]
+    # from scratch: the same as the unconditional M-step with no previous model, not a warm start
+    from emprior.methods.diffem import merged_mstep
+    from emprior.methods.stages import denoiser_mstep
+
+    data = torch.as_tensor(post["x"])
+    exp = cfg["experiments"]["digits"]
+    cfg_final = merged_mstep(exp["mstep"], {"ema_decay": 0.9999}, None)
+    job2 = Job(cfg, "digits", "d", 2)
+    fresh, _ = denoiser_mstep(job2, data, None, str(tmp_path / "f.resume.pt"), mstep_cfg=cfg_final)
+    warm, _ = denoiser_mstep(job2, data, prior, str(tmp_path / "w.resume.pt"), mstep_cfg=cfg_final)
+    assert all(torch.equal(ckpt["weights"][k], fresh["weights"][k]) for k in fresh["weights"])
+    assert any(not torch.equal(ckpt["weights"][k], warm["weights"][k]) for k in warm["weights"])
+    assert "conditional" not in ckpt
+
+
+def test_table1_scores_the_final_model_and_the_plan_carries_the_final_stage(setup, tmp_path):
+    from emprior.config.planning import PlanFacts, compute_facts
+    from emprior.core.artifacts import save_json
+    from emprior.report.tables import table1_frame
+
+    cfg, d, x = setup
+    exp = cfg["experiments"]["digits"]
+
+    def rec(k, sinkhorn, **extra):
+        r = {"experiment": "digits", "variant": "d", "iteration": k, "quality": {"sinkhorn": sinkhorn}, **extra}
+        return str(save_json(tmp_path / f"m{k}.json", r, {"rule": "iteration_metrics"}))
+
+    df = table1_frame(cfg, [rec(1, 25.0), rec(2, 21.5, stage="final", em_iterations=1)])
+    row = df[df.variant == "d"].iloc[0]
+    assert row.method == "DiffEM" and row.sinkhorn == 21.5 and row.iterations == 1
+    facts = compute_facts(cfg)
+    assert facts.method("digits", "d").final_stage
+    assert PlanFacts.from_json(facts.to_json()).method("digits", "d").final_stage
+    off = copy.deepcopy(cfg)
+    off["experiments"]["digits"]["variants"] = {"d": {"method": "diffem", "final_model": False},
+                                               "q": {"method": "diem"}}
+    facts = compute_facts(off)
+    assert not facts.method("digits", "d").final_stage and not facts.method("digits", "q").final_stage
+    assert exp["variants"]["d"]["method"] == "diffem"
