@@ -163,6 +163,11 @@ def _sidecar_text(path: Path, tmp: Path, provenance: dict[str, Any] | None,
     job = job_record()
     if job:
         record["job"] = job
+    # how this process did its arithmetic (processor, dispatch pins): in the sidecar only, so the artifact's
+    # bytes do not depend on the machine (emprior.core.reproducibility)
+    from emprior.core.reproducibility import record as arithmetic
+
+    record["arithmetic"] = arithmetic()
     return json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
 
 

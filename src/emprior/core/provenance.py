@@ -79,15 +79,12 @@ def make_provenance(config: Any = None, seed: int | None = None, rule: str | Non
                     **extra: Any) -> dict[str, Any]:
     """The provenance record. Deterministic for a given code state (no timestamps), so that
     artifacts of the same config and seed are bit-identical."""
-    from emprior.core.reproducibility import record
-
     prov: dict[str, Any] = {
         "config_digest": config_digest(config) if config is not None else None,
         "seed": seed,
         "rule": rule,
         "git_commit": git_commit(),
         "versions": package_versions(),
-        "arithmetic": record(),
     }
     prov.update(extra)
     return prov

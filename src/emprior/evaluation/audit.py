@@ -168,7 +168,7 @@ def estep_checks(results: str | Path) -> pd.DataFrame:
 
 
 def arithmetic(results: str | Path) -> pd.DataFrame:
-    """How the run's jobs did their arithmetic, from every sidecar's provenance ``arithmetic`` record
+    """How the run's jobs did their arithmetic, from every sidecar's ``arithmetic`` record
     (:func:`emprior.core.reproducibility.record`): one row per kind, with the number of artifacts. Under
     the portable pins the processor does not matter; unpinned jobs are told apart by processor model and
     the vector extension ATen dispatched to."""
@@ -177,7 +177,7 @@ def arithmetic(results: str | Path) -> pd.DataFrame:
         if any(part in (".config", "logs", "benchmarks") for part in side.parts):
             continue
         try:
-            rec = (json.loads(side.read_text()).get("provenance") or {}).get("arithmetic")
+            rec = json.loads(side.read_text()).get("arithmetic")
         except (OSError, json.JSONDecodeError, AttributeError):
             continue
         if rec is None:

@@ -88,6 +88,8 @@ def test_disk_full_names_file_bytes_needed_and_free(tmp_path, monkeypatch):
 
 def test_sidecar_records_the_command_and_rerun_reproduces_model_pt(tiny_digits, tmp_path, monkeypatch):
     cfg = tiny_digits(tmp_path, {"diem_tweedie": {"method": "diem"}})
+    # this process loaded torch unpinned: the rerun's new process must dispatch as natively as it did
+    cfg["reproducibility"] = {"cpu_dispatch": "native"}
     job_cfg = tmp_path / "job.json"
     job_cfg.write_text(json.dumps(cfg))
     args = ["init-prior", "--config", "job.json", "--experiment", "digits", "--variant", "diem_tweedie",

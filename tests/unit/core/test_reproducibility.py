@@ -62,8 +62,10 @@ def test_audit_flags_mixed_arithmetic(tmp_path):
     def sidecar(name, arith):
         p = tmp_path / "exp" / f"{name}.prov.json"
         p.parent.mkdir(parents=True, exist_ok=True)
-        prov = {"rule": "x"} if arith is None else {"rule": "x", "arithmetic": arith}
-        p.write_text(json.dumps({"sha256": "0", "provenance": prov}))
+        rec = {"sha256": "0", "provenance": {"rule": "x"}}
+        if arith is not None:
+            rec["arithmetic"] = arith
+        p.write_text(json.dumps(rec))
 
     portable = {"processor": {"model": "A"}, "cpu_dispatch": "portable", "pins_in_force": True, "aten_capability": "AVX2"}
     sidecar("a", portable)
