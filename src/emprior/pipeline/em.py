@@ -18,7 +18,7 @@ from emprior.core.log import get_logger
 from emprior.pipeline.commands import command
 from emprior.pipeline.inputs import check_input, check_iteration, check_shard
 
-MODEL_RULES = ("init_prior", "mstep")
+MODEL_RULES = ("init_prior", "mstep", "final_model")
 
 log = get_logger("emprior.pipeline.em")
 
@@ -53,7 +53,7 @@ def estep(job: Job, shard: int, model: str, observations: str, out: str) -> None
     from emprior.methods.estep import run_estep, shard_blocks
     from emprior.priors.checkpoint import load_prior
 
-    check_iteration(job, 1)
+    check_iteration(job, 1, extra=1)  # K + 1: a final stage's E-step (DiffEM)
     check_shard(job, shard, job.exp["estep"]["shards"])
     check_input(job, model, "--model", MODEL_RULES, iteration=job.iteration - 1)
     check_input(job, observations, "--observations", ("observe",), same_variant=False)

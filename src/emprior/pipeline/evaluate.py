@@ -23,7 +23,7 @@ def _write_prior_samples(job: Job, model: str, out: str, n: int, keys: tuple, ru
     """``n`` samples of q_k (``model``) drawn from the job's stream ``keys``, written to ``out``."""
     from emprior.priors.checkpoint import load_prior
 
-    check_iteration(job, 0)
+    check_iteration(job, 0, extra=1)  # K + 1: a final stage's samples and metrics
     check_input(job, model, "--model", MODEL_RULES, iteration=job.iteration)
     prior = load_prior(model, device=job.device, precision=job.precision)
     start = time.perf_counter()
@@ -116,7 +116,7 @@ def metrics(job: Job, model: str, samples: str, clean: str, observations: str, o
     """rule iteration_metrics: metrics.json (quality + audit record)"""
     from emprior.evaluation.iteration import iteration_metrics
 
-    check_iteration(job, 0)
+    check_iteration(job, 0, extra=1)  # K + 1: a final stage's samples and metrics
     check_input(job, model, "--model", MODEL_RULES, iteration=job.iteration)
     check_input(job, samples, "--samples", ("prior_samples", "gather_prior_samples"), iteration=job.iteration)
     check_input(job, posterior, "--posterior", ("gather_posterior",), iteration=job.iteration)

@@ -23,6 +23,11 @@ def final_model(job: Job, posterior: str, model: str, out: str) -> None:
     method = method_of(job)
     if not method.final_stage:
         raise ArtifactError(f"{out}: method {job.var['method']!r} of variant {job.variant!r} has no final stage")
+    from emprior.pipeline.em import MODEL_RULES
+    from emprior.pipeline.inputs import check_input
+
+    check_input(job, posterior, "--posterior", ("gather_posterior",), iteration=job.iteration)
+    check_input(job, model, "--model", MODEL_RULES, iteration=job.iteration - 1)
     data, attrs = load_h5(posterior, rule="gather_posterior")
     # names relative to the variant's folder (e.g. final/posterior.h5, iter_003/model.pt): the bytes of
     # model.pt must not depend on where the results folder is

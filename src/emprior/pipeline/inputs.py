@@ -60,10 +60,11 @@ def check_shard(job: Job, shard: int, shards: int, what: str = "--shard") -> Non
                             f"shards (0 to {shards - 1})")
 
 
-def check_iteration(job: Job, first: int = 0) -> None:
-    """The job's --iteration within the experiment's EM iterations (``first`` to ``iterations``)."""
+def check_iteration(job: Job, first: int = 0, extra: int = 0) -> None:
+    """The job's --iteration within the experiment's EM iterations (``first`` to ``iterations`` +
+    ``extra``: 1 where a method's final stage runs the same command as iteration K + 1)."""
     k = job.iteration
-    last = int(job.exp["iterations"])
+    last = int(job.exp["iterations"]) + extra
     if k is None or not first <= int(k) <= last:
         raise ArtifactError(f"--iteration {k!r}: out of range for experiments.{job.experiment} "
                             f"({first} to {last})")

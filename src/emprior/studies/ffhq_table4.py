@@ -193,6 +193,16 @@ def score(samples: np.ndarray, x: np.ndarray, lpips_model: Any = None) -> pd.Dat
     return df
 
 
+def attach_paper(df: pd.DataFrame) -> pd.DataFrame:
+    """Add paper_lpips, paper_psnr, paper_ssim from diem-arxiv Table 4, matched on method/steps/task."""
+    from emprior.report.tables import paper_table
+
+    paper = paper_table("table4")[["method", "steps", "task", "lpips", "psnr", "ssim"]]
+    paper = paper.rename(columns={c: f"paper_{c}" for c in ("lpips", "psnr", "ssim")})
+    paper["steps"] = paper["steps"].astype("Int64")
+    return df.merge(paper, on=["method", "steps", "task"], how="left")
+
+
 def gather(cfg: dict[str, Any], cell_files: list[str], seed: int, out_csv: str, out_md: str, out_tex: str,
            out_images_csv: str, provenance: dict[str, Any] | None = None) -> pd.DataFrame:
     """Per-image metrics of every cell, their means per (task, method, steps) beside the paper's values,
@@ -200,7 +210,6 @@ def gather(cfg: dict[str, Any], cell_files: list[str], seed: int, out_csv: str, 
     from emprior.core.artifacts import load_h5
     from emprior.evaluation.metrics import MetricUnavailable
     from emprior.evaluation.metrics.images import lpips_model as make_lpips
-    from emprior.studies.sampler_accuracy import attach_paper
 
     cfg = check_config(cfg)
     reason = not_ready(cfg)

@@ -30,7 +30,7 @@ def test_the_paper_plugins_are_registered():
     assert set(DATASETS.names()) == {"manifold", "digits", "cifar10", "ffhq", "fastmri", "phantom"}
     assert set(OPERATORS.names()) == {"pixel_mask", "box_mask", "projection", "fourier_lines", "blur",
                                       "downsample", "crop", "identity"}
-    assert set(NETS.names()) == {"mlp", "unet"}
+    assert set(NETS.names()) == {"mlp", "unet", "adm"}
 
 
 @pytest.mark.parametrize("family, name", ENTRIES)

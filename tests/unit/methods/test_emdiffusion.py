@@ -4,6 +4,7 @@ M-step, the E-step's subset of observations and the checks of its options."""
 
 import copy
 import math
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -355,6 +356,11 @@ def test_estep_through_the_pipeline_records_its_stage(digits, tmp_path):
     obs = str(digits / "observations.h5")
     model = tmp_path / "model.pt"
     em.init_prior(Job(cfg, "digits", "v"), obs, str(model), clean=str(digits / "clean.h5"))
+    # q_0 stands in for iteration 1's model (a job checks the iteration its --model was made for)
+    side = model.with_name("model.pt.prov.json")
+    rec = json.loads(side.read_text())
+    rec["provenance"]["iteration"] = 1
+    side.write_text(json.dumps(rec))
     job = Job(cfg, "digits", "v", 2)
     em.estep(job, 0, str(model), obs, str(tmp_path / "shard_0.h5"))
     x, attrs = load_h5(str(tmp_path / "shard_0.h5"))

@@ -64,5 +64,5 @@ def test_out_of_range_arguments_are_one_line(q0):
     args = (str(d / "m0.pt"), str(d / "observations.h5"), str(d / "s.h5"))
     with pytest.raises(ArtifactError, match=r"^--shard 5: out of range for experiments.digits with 2 shards \(0 to 1\)$"):
         em.estep(Job(cfg, "digits", "v", 1), 5, *args)
-    with pytest.raises(ArtifactError, match=r"^--iteration 7: out of range for experiments.digits \(1 to 1\)$"):
+    with pytest.raises(ArtifactError, match=r"^--iteration 7: out of range for experiments.digits \(1 to 2\)$"):
         em.estep(Job(cfg, "digits", "v", 7), 0, *args)

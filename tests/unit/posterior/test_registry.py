@@ -21,7 +21,7 @@ ENTRIES = [pytest.param(e, id=f"posterior-{e.name}") for e in POSTERIOR_SAMPLERS
 def test_the_plugins_are_registered():
     # (other test files may register their own, e.g. tests/workflow/test_extending.py)
     assert {"diffpir", "dps", "mmps", "pigdm", "tmpd"} <= set(POSTERIOR_SAMPLERS.names())
-    assert DIFFUSION_SAMPLERS.names() == ["ddpm", "ddim", "pc"]
+    assert DIFFUSION_SAMPLERS.names() == ["ddpm", "ddim", "pc", "heun"]
 
 
 @pytest.mark.parametrize("entry", ENTRIES)

@@ -158,6 +158,8 @@ def test_without_torchrun_the_single_process_path_is_untouched(digits, tmp_path,
     import emprior.training.mstep as training
 
     cfg, d = digits
+    # the in-process reference runs with torch loaded unpinned: the torchrun process dispatches natively too
+    cfg = {**cfg, "reproducibility": {"cpu_dispatch": "native"}}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     c = copy.deepcopy(cfg)
