@@ -29,6 +29,7 @@ GPU_RULES = {
     "sampler_accuracy",
     "table5",
     "ffhq_cell",
+    "mri_posterior",
 }
 # Rules that must never receive a GPU (login-node localrules and the CPU-light rules).
 NON_GPU_RULES = {
