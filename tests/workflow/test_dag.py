@@ -106,10 +106,11 @@ def test_the_seed_1_branch_is_the_whole_config_run_with_seed_1(run_dir, tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     # each digits job planned there: the digest of the job config it is given, and its output
     text = out.stdout + out.stderr
-    planned = re.findall(r"--config results/\.config/([0-9a-f]{16})\.json[^\n]*?--out (results/digits/\S+)", text)
+    planned = re.findall(r"--config results-tiny/\.config/([0-9a-f]{16})\.json[^\n]*?--out (results-tiny/digits/\S+)",
+                         text)
     assert len(planned) >= 10, text[-3000:]
     for digest, path in planned:
-        branch = run_dir / path.replace("results/digits/", "results/digits/seed_1/", 1)
+        branch = run_dir / path.replace("results-tiny/digits/", "results-tiny/digits/seed_1/", 1)
         side = json.loads(Path(f"{branch}.prov.json").read_text())
         assert side["provenance"]["config_digest"][:16] == digest, path  # the same job config
         if not path.endswith("/data/clean.h5"):  # the dataset rule records its own stream's derived seed

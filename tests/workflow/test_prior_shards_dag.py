@@ -35,10 +35,10 @@ def test_dry_run_plans_prior_sample_shards_of_the_evaluated_iterations(tmp_path)
     assert counts["final_estep_shard"] == 2 and counts["final_gather_posterior"] == 1
     assert counts["final_model"] == counts["final_prior_samples"] == counts["final_iteration_metrics"] == 1
     outputs = set(re.findall(r"^\s+output: (\S+)", text, flags=re.M))
-    assert {f"results/digits/dfm/final/{f}" for f in ("model.pt", "prior_samples.h5", "metrics.json")} <= outputs
+    assert {f"results-tiny/digits/dfm/final/{f}" for f in ("model.pt", "prior_samples.h5", "metrics.json")} <= outputs
     inputs = re.findall(r"^\s+input: (.+)$", text, flags=re.M)
     final_model_inputs = [i for i in inputs if "dfm/final/posterior.h5" in i]
-    assert any("results/digits/dfm/iter_003/model.pt" in i for i in final_model_inputs)  # drawn by the last model
+    assert any("results-tiny/digits/dfm/iter_003/model.pt" in i for i in final_model_inputs)  # drawn by the last model
     table1 = re.findall(r"rule table1:\n\s+input: (.+)$", text, flags=re.M)  # Table 1 scores the final model
     assert len(table1) == 1 and "dfm/final/metrics.json" in table1[0] and "dfm/iter_003/metrics" not in table1[0]
     for var in ("diem_tweedie", "diem_sigma_t"):
