@@ -2,8 +2,8 @@
 
 Keys are what a figure compares: an EM method (``diem`` with its E-step covariance, ``emdiffusion``,
 ``diffem``, ``ambient``), a posterior sampler (``mmps``, ``dps``, ``pigdm``, ``diffpir``, ``tmpd``,
-``exact``) or one of Fig. 2's covariance estimates (the DiEM covariances, and ``prior``: the exact
-V[x | x_t]). A DiEM variant and the covariance it uses share a style (the tweedie E-step and the tweedie
+``exact``) or one of Fig. 2's covariance estimates (the DiEM covariances: ``tweedie`` is the exact
+V[x | x_t]; and ``prior``: the Gaussian-prior heuristic (Sigma_x^-1 + Sigma_t^-1)^-1). A DiEM variant and the covariance it uses share a style (the tweedie E-step and the tweedie
 curve of Fig. 2 are one colour). Colours are seaborn's colour-blind palette; an unknown key gets a
 colour and marker of its own, fixed by its name (not by the order in which figures meet it).
 """
@@ -22,7 +22,7 @@ STYLES: dict[str, tuple[str, str]] = {
     "diem:tweedie": (_COLORBLIND[0], "o"),
     "diem:inv": (_COLORBLIND[1], "s"),
     "diem:sigma_t": (_COLORBLIND[2], "^"),
-    "diem:prior": ("#000000", "*"),        # the exact covariance (Fig. 2)
+    "diem:prior": ("#000000", "*"),        # Fig. 2's Gaussian-prior heuristic (Sigma_x^-1 + Sigma_t^-1)^-1
     "emdiffusion": (_COLORBLIND[3], "D"),
     "diffem": (_COLORBLIND[4], "v"),
     "ambient": (_COLORBLIND[5], "P"),
